@@ -1,0 +1,4 @@
+"""Process launching: torchrun, the deepspeed launcher, Slurm scripts.
+
+Nothing in `nluft` imports this package.
+"""

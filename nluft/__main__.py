@@ -1,0 +1,5 @@
+import sys
+
+from nluft.cli import main
+
+sys.exit(main())

@@ -1,0 +1,150 @@
+"""The `nluft` command: parse arguments, then call one function per verb.
+
+Heavy libraries (torch, transformers, datasets) are imported inside the verbs so that
+`nluft --help` stays fast. Bad input exits with code 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from nluft.errors import NluftError
+
+EXIT_STOPPED = 3  # training stopped on a signal after checkpointing; resume with --resume
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nluft", description="Fine-tune pre-trained language models on NLU tasks."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    train = verbs.add_parser("train", help="fine-tune from a YAML config")
+    train.add_argument("config", help="YAML config (see configs/)")
+    train.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. train.learning_rate=3e-5"
+    )
+    train.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and plan, then exit"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in output_dir from its latest checkpoint",
+    )
+    train.add_argument("--overwrite", action="store_true", help="delete output_dir first")
+
+    evaluate = verbs.add_parser("eval", help="evaluate a run's exported model on a split")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. data.test_file=other.csv"
+    )
+    evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+
+    predict = verbs.add_parser("predict", help="predict labels with a run's exported model")
+    predict.add_argument("run_dir", type=Path)
+    source = predict.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
+    source.add_argument("--text", help="one text to classify")
+    predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return VERBS[args.verb](args)
+    except NluftError as err:
+        print(f"nluft: error: {err}", file=sys.stderr)
+        return NluftError.exit_code
+    except KeyboardInterrupt:
+        print("nluft: interrupted", file=sys.stderr)
+        return 130
+
+
+def quiet_libraries() -> None:
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_libraries()
+    from nluft.train import main as train_main
+
+    results = train_main(cfg, resume=args.resume, overwrite=args.overwrite, dry_run=args.dry_run)
+    return EXIT_STOPPED if "stopped_at_step" in results else 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from nluft.evaluate import evaluate_run
+
+    metrics = evaluate_run(args.run_dir, args.split, args.overrides)
+    if args.json:
+        print(json.dumps({"split": args.split, **metrics}))
+    else:
+        width = max(len(k) for k in metrics)
+        for key, value in metrics.items():
+            print(f"{key.ljust(width)}  {value:.4f}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    records = read_records(args)
+    quiet_libraries()
+    from nluft.evaluate import predict_run
+
+    for row in predict_run(args.run_dir, records):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows to predict on; `--text` uses the run's configured text column names."""
+    from nluft.evaluate import load_run_config
+
+    data = load_run_config(args.run_dir, []).data
+    if args.text is not None:
+        record = {data.text_column: args.text}
+        if args.text_pair is not None:
+            record[data.text_pair_column or "text_pair"] = args.text_pair
+        return [record]
+    records = []
+    try:
+        lines = args.input.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise NluftError(f"--input: cannot read {args.input}: {err}") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NluftError(f"{args.input}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or data.text_column not in record:
+            raise NluftError(
+                f"{args.input}:{number}: expected an object with key '{data.text_column}'"
+            )
+        records.append(record)
+    if not records:
+        raise NluftError(f"--input: {args.input} has no records")
+    return records
+
+
+VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Typed run config: one YAML file plus `key=value` overrides, validated before anything runs.
+
+This module imports no torch: `nluft train --dry-run` and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nluft.errors import NluftError
+
+STRATEGY_NAMES = ("single",)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(min_length=1)
+    revision: str | None = None
+    tokenizer_name_or_path: str | None = None
+    trust_remote_code: bool = False
+
+
+class DataConfig(Section):
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    max_length: int = Field(128, ge=8, le=32768)
+    validation_split_percentage: float = Field(10.0, ge=0, lt=50)
+    test_split_percentage: float = Field(10.0, ge=0, lt=50)
+    split_seed: int = 42
+    group_by_length: bool = True
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    cache_dir: str = ".cache/nluft"
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    weight_decay: float = Field(0.01, ge=0, le=1)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    per_device_train_batch_size: int = Field(16, ge=1)
+    per_device_eval_batch_size: int = Field(64, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    seed: int = 42
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"
+    eval_steps: int = Field(500, ge=1)
+    save_steps: int = Field(0, ge=0)
+    save_total_limit: int = Field(2, ge=1)
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    load_best_model_at_end: bool = True
+    early_stopping_patience: int | None = Field(None, ge=1)
+    early_stopping_threshold: float = Field(0.0, ge=0)
+    logging_steps: int = Field(10, ge=1)
+
+
+class StrategyConfig(Section):
+    name: str = "single"
+
+
+class ClassificationConfig(Section):
+    multi_label: bool = False
+    threshold: float = Field(0.5, gt=0, lt=1)
+    class_weights: list[float] | Literal["balanced"] | None = None
+
+
+class TrackingConfig(Section):
+    progress_bar: bool = True
+
+
+class Config(Section):
+    task: str
+    output_dir: str = Field(min_length=1)
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    strategy: StrategyConfig = StrategyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    classification: ClassificationConfig = ClassificationConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        data = self.data
+        if not (data.train_file or data.dataset_name):
+            raise ValueError("set data.train_file or data.dataset_name")
+        if data.train_file and data.dataset_name:
+            raise ValueError("set only one of data.train_file and data.dataset_name")
+        if self.strategy.name not in STRATEGY_NAMES:
+            raise ValueError(
+                f"strategy.name: unknown strategy {self.strategy.name!r}; "
+                f"choose one of {', '.join(STRATEGY_NAMES)}"
+            )
+        return self
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Read a YAML config, apply `key=value` overrides, validate, and check that files exist."""
+    source = str(path)
+    raw = read_yaml(source)
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = validate(raw, source)
+    check_files(cfg)
+    return cfg
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Parse a YAML mapping with the safe loader; errors name the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NluftError(f"{path}: config file not found") from None
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise NluftError(f"{path}: cannot read config as UTF-8 text ({err})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise NluftError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raise NluftError(f"{path}: config file is empty; see configs/ for examples")
+    if not isinstance(raw, dict):
+        raise NluftError(f"{path}: config must be a YAML mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one `dotted.key=value` override; the value is parsed as YAML (`3`, `true`, `[a, b]`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise NluftError(f"override {item!r}: expected key=value, e.g. train.learning_rate=3e-5")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise NluftError(f"override {item!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate(raw: dict[str, Any], source: str) -> Config:
+    """Build the typed config; the first problem becomes a one-line NluftError."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise NluftError(describe_error(err, source)) from None
+
+
+def describe_error(err: ValidationError, source: str) -> str:
+    """Turn pydantic's first error into one actionable line."""
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
+    key = ".".join(loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        section = section_model(loc[:-1])
+        hint = closest_key(loc[-1], section, loc[:-1])
+        return f"{source}: unknown key '{key}'{hint}"
+    if kind == "missing":
+        return f"{source}: missing required key '{key}'"
+    if kind == "value_error":
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"{source}: key '{key}': {first['msg']}{shown}"
+
+
+def section_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def closest_key(name: str, section: type[BaseModel] | None, prefix: list[str]) -> str:
+    if section is None:
+        return ""
+    valid = list(section.model_fields)
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    if not match:
+        # The key may belong to another section, e.g. `learning_rate` at the top level.
+        for field, info in section.model_fields.items():
+            sub = info.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and name in sub.model_fields:
+                return f"; did you mean '{'.'.join([*prefix, field, name])}'?"
+        return f"; valid keys here: {', '.join(valid)}"
+    return f"; did you mean '{'.'.join([*prefix, match[0]])}'?"
+
+
+def check_files(cfg: Config) -> None:
+    """Every data file named in the config must exist before any work starts."""
+    for key in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_file():
+            raise NluftError(
+                f"data.{key}: file not found: {value} "
+                "(paths are relative to the directory you run nluft from)"
+            )
+
+
+def to_yaml(cfg: Config) -> str:
+    """The fully resolved config, as saved in the run directory."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# --- derived settings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything derived from the config and the data size; printed by --dry-run, saved."""
+
+    world_size: int
+    num_train_examples: int
+    per_device_batch: int
+    effective_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    num_epochs: float
+    warmup_steps: int
+
+
+def build_plan(cfg: Config, world_size: int, num_train_examples: int) -> Plan:
+    """Optimizer steps, epochs and warmup from batch sizes, accumulation and data size."""
+    train = cfg.train
+    micro_batch = train.per_device_train_batch_size * world_size
+    batches_per_epoch = max(1, math.ceil(num_train_examples / micro_batch))
+    steps_per_epoch = max(1, batches_per_epoch // train.gradient_accumulation_steps)
+    if train.max_steps > 0:
+        total_steps = train.max_steps
+    else:
+        total_steps = max(1, math.ceil(train.num_train_epochs * steps_per_epoch))
+    warmup = train.warmup_steps or math.ceil(train.warmup_ratio * total_steps)
+    return Plan(
+        world_size=world_size,
+        num_train_examples=num_train_examples,
+        per_device_batch=train.per_device_train_batch_size,
+        effective_batch=micro_batch * train.gradient_accumulation_steps,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        num_epochs=round(total_steps / steps_per_epoch, 4),
+        warmup_steps=min(warmup, total_steps),
+    )

@@ -1,0 +1,121 @@
+"""Task data: raw splits, encoded features (cached on disk), and where each came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from nluft.config import Config
+from nluft.data.loading import ROW_COLUMN, line_of, load_raw_splits
+from nluft.errors import ExampleError, NluftError
+from nluft.tasks import Task
+
+ENCODING_VERSION = 1  # bump when encoding changes, so cached features are rebuilt
+
+
+@dataclass
+class TaskData:
+    """Examples and model features per split; features carry `example_id` and `length`."""
+
+    examples: DatasetDict
+    features: DatasetDict
+    sources: dict[str, str]
+    cache_path: Path
+    cache_hit: bool
+
+
+def build_data(
+    cfg: Config, task: Task, tokenizer: Any, is_main: bool, barrier: Callable[[], None]
+) -> TaskData:
+    """Load splits, fix the task's labels, and encode (rank 0 encodes; the others read its cache)."""
+    datasets.disable_progress_bars()
+    examples, sources = load_raw_splits(cfg.data)
+    check_columns(task, examples, sources)
+    with located(examples, sources, "train"):
+        task.prepare(examples)
+    path = Path(cfg.data.cache_dir) / "tokenized" / cache_key(cfg, task, tokenizer, examples)
+    hit = (path / "dataset_dict.json").is_file()
+    if is_main and not hit:
+        features = DatasetDict(
+            {split: encode_split(task, tokenizer, ds, split, sources) for split, ds in examples.items()}
+        )
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        features.save_to_disk(str(tmp))
+        tmp.replace(path)
+    barrier()
+    features = datasets.load_from_disk(str(path))
+    assert isinstance(features, DatasetDict)
+    return TaskData(examples, features, sources, path, hit)
+
+
+def check_columns(task: Task, examples: DatasetDict, sources: dict[str, str]) -> None:
+    columns: dict[str, str] = getattr(task, "columns", {})
+    for split, dataset in examples.items():
+        for key, column in columns.items():
+            if column not in dataset.column_names:
+                have = ", ".join(c for c in dataset.column_names if c != ROW_COLUMN)
+                raise NluftError(
+                    f"{sources[split]}: no column '{column}' (columns: {have}); set {key}"
+                )
+
+
+class located:
+    """Turn a task's ExampleError into a NluftError naming the file and line."""
+
+    def __init__(self, examples: DatasetDict, sources: dict[str, str], split: str) -> None:
+        self.examples, self.sources, self.split = examples, sources, split
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        if isinstance(err, ExampleError):
+            split = next((s for s in self.examples if err.message.startswith(f"{s}:")), self.split)
+            message = err.message.removeprefix(f"{split}: ")
+            dataset = self.examples[split]
+            row = dataset[err.row][ROW_COLUMN] if err.row < len(dataset) else err.row
+            raise NluftError(f"{line_of(self.sources[split], row)}: {message}") from None
+
+
+def encode_split(task: Task, tokenizer: Any, dataset: Dataset, split: str, sources: dict[str, str]) -> Dataset:
+    def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        try:
+            out = task.encode(batch, tokenizer)
+        except ExampleError as err:
+            rows = batch[ROW_COLUMN]
+            raise NluftError(f"{line_of(sources[split], rows[err.row])}: {err.message}") from None
+        within = out.pop("example_id", list(range(len(indices))))
+        out["example_id"] = [indices[i] for i in within]
+        out["length"] = [len(ids) for ids in out["input_ids"]]
+        return out
+
+    return dataset.map(
+        encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc=f"encode {split}"
+    )
+
+
+def cache_key(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) -> str:
+    """Same data, tokenizer and encoding settings -> same key -> no re-tokenization."""
+    parts = {
+        "version": ENCODING_VERSION,
+        "task": task.name,
+        "labels": task.label_names,
+        "data": cfg.data.model_dump(mode="json", exclude={"cache_dir"}),
+        "task_options": getattr(cfg, task.name, None) and getattr(cfg, task.name).model_dump(mode="json"),
+        "tokenizer": [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)],
+        "fingerprints": {split: ds._fingerprint for split, ds in examples.items()},
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{task.name}-{digest[:16]}"
+
+
+__all__ = ["TaskData", "build_data"]

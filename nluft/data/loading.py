@@ -1,0 +1,122 @@
+"""Read raw splits (train/validation/test) from local files or a dataset name via `datasets`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from nluft.config import DataConfig
+from nluft.errors import NluftError
+
+SPLITS = ("train", "validation", "test")
+FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+}
+BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+ROW_COLUMN = "_row"
+SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "eval": "validation"}
+
+
+def file_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise NluftError(
+            f"{path}: cannot tell the format from the extension; "
+            f"set data.file_format to one of {', '.join(sorted(set(FORMATS.values())))}"
+        )
+    return fmt
+
+
+def read_file(path: str, data: DataConfig) -> Dataset:
+    """One local data file as a Dataset; parse problems name the file."""
+    fmt = file_format(path, data.file_format)
+    kwargs = {"delimiter": "\t"} if fmt == "tsv" else {}
+    if Path(path).stat().st_size == 0:
+        raise NluftError(f"{path}: file is empty")
+    try:
+        loaded = datasets.load_dataset(
+            BUILDERS[fmt], data_files={"split": path}, split="split", **kwargs
+        )
+    except Exception as err:  # datasets raises many types; the user needs the file and the cause
+        cause = str(err.__cause__ or err).strip().splitlines()
+        raise NluftError(f"{path}: cannot read as {fmt}: {cause[-1] if cause else err}") from None
+    assert isinstance(loaded, Dataset)
+    if len(loaded) == 0:
+        raise NluftError(f"{path}: no examples in file")
+    return loaded
+
+
+def read_named(data: DataConfig) -> DatasetDict:
+    """A hub dataset name or a local dataset directory (saved or with data files)."""
+    name = data.dataset_name
+    assert name is not None
+    path = Path(name)
+    try:
+        if (path / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset(name, data.dataset_config_name)
+    except FileNotFoundError as err:
+        raise NluftError(f"data.dataset_name: dataset {name!r} not found ({err})") from None
+    if not isinstance(loaded, DatasetDict):
+        raise NluftError(f"data.dataset_name: {name!r} has no named splits")
+    return DatasetDict({SPLIT_ALIASES.get(k, k): v for k, v in loaded.items()})
+
+
+def with_row_numbers(dataset: Dataset) -> Dataset:
+    """Add `ROW_COLUMN`, the example's position in its file, so errors can name the line."""
+    if ROW_COLUMN in dataset.column_names:
+        return dataset
+    return dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+
+
+def line_of(source: str, row: int) -> str:
+    """`file:line` of an example (CSV/TSV have a header line; JSON Lines do not)."""
+    suffix = Path(source).suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return f"{source}:{row + 2}"
+    if suffix == ".jsonl":
+        return f"{source}:{row + 1}"
+    return f"{source} (example {row})"
+
+
+def load_raw_splits(data: DataConfig) -> tuple[DatasetDict, dict[str, str]]:
+    """Train/validation/test splits and, for each, the file it came from (for error messages).
+
+    Missing validation/test splits are cut from train with a seeded split.
+    """
+    if data.dataset_name:
+        splits = read_named(data)
+        sources = {split: f"{data.dataset_name}[{split}]" for split in splits}
+    else:
+        files = {s: getattr(data, f"{s}_file") for s in SPLITS if getattr(data, f"{s}_file")}
+        splits = DatasetDict({split: read_file(path, data) for split, path in files.items()})
+        sources = dict(files)
+    if "train" not in splits:
+        raise NluftError(f"data.dataset_name: {data.dataset_name!r} has no 'train' split")
+    splits = DatasetDict({k: with_row_numbers(v) for k, v in splits.items()})
+    remaining = 100.0  # percentages are of the whole training file
+    for split in ("test", "validation"):
+        pct = getattr(data, f"{split}_split_percentage")
+        if split not in splits and pct > 0:
+            cut = splits["train"].train_test_split(test_size=pct / remaining, seed=data.split_seed)
+            splits["train"], splits[split] = cut["train"], cut["test"]
+            sources[split] = sources["train"]
+            remaining -= pct
+    if data.max_train_samples:
+        n = min(data.max_train_samples, len(splits["train"]))
+        splits["train"] = splits["train"].select(range(n))
+    if data.max_eval_samples:
+        for split in ("validation", "test"):
+            if split in splits:
+                n = min(data.max_eval_samples, len(splits[split]))
+                splits[split] = splits[split].select(range(n))
+    return DatasetDict({s: splits[s] for s in SPLITS if s in splits}), sources

@@ -1,0 +1,20 @@
+"""Distributed backends behind one `Strategy` interface; `build_strategy` picks one by name."""
+
+from __future__ import annotations
+
+from nluft.config import Config
+from nluft.distributed.base import Strategy
+from nluft.distributed.env import DistEnv, read_dist_env
+
+
+def build_strategy(cfg: Config, env: DistEnv) -> Strategy:
+    """The backend named by `strategy.name`; each lives in its own module, imported on demand."""
+    name = cfg.strategy.name
+    if name == "single":
+        from nluft.distributed.single import SingleStrategy
+
+        return SingleStrategy(cfg, env)
+    raise AssertionError(f"strategy {name!r} passed config validation but has no backend")
+
+
+__all__ = ["DistEnv", "Strategy", "build_strategy", "read_dist_env"]

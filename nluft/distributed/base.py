@@ -1,0 +1,128 @@
+"""The `Strategy` interface: everything the training loop needs from a distributed backend.
+
+The loop calls only these methods and never asks which backend runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nluft.config import Config, Plan
+from nluft.distributed.env import DistEnv
+from nluft.errors import NluftError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(requested: str, env: DistEnv) -> torch.device:
+    """`auto` picks this rank's GPU when CUDA is available, else the CPU."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise NluftError("train.device: cuda requested but no CUDA GPU is visible; use auto or cpu")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", env.local_rank)
+
+
+class Strategy(ABC):
+    """Owns the wrapped model, optimizer, scheduler and precision for one backend."""
+
+    name: str
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        self.cfg = cfg
+        self.env = env
+        self.device = resolve_device(cfg.train.device, env)
+        self.precision = cfg.train.precision
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise NluftError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        self.model: torch.nn.Module | None = None
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def setup(self, model: torch.nn.Module, plan: Plan) -> None:
+        """Place and wrap the model; build the optimizer and schedule for `plan`."""
+
+    def setup_inference(self, model: torch.nn.Module) -> None:
+        """Place the model for evaluation or prediction only (no optimizer)."""
+        self.model = model.to(self.device)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for the forward pass (no-op in fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
+
+    # --- one optimizer step ------------------------------------------------------------------
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate one micro-batch's loss (already divided for accumulation)."""
+
+    @abstractmethod
+    def step(self) -> float:
+        """Clip, apply and zero the gradients, advance the schedule; return the gradient norm."""
+
+    def no_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """Skip gradient synchronisation on accumulation micro-batches (no-op by default)."""
+        return contextlib.nullcontext()
+
+    @property
+    @abstractmethod
+    def learning_rate(self) -> float:
+        """Current learning rate of the first parameter group."""
+
+    # --- state -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def save(self, path: Path) -> None:
+        """Write model, optimizer and schedule state into the directory `path` (all ranks call)."""
+
+    @abstractmethod
+    def load(self, path: Path, weights_only: bool = False) -> None:
+        """Restore what `save` wrote; `weights_only` restores just the model (best at end)."""
+
+    @abstractmethod
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full model weights on rank 0 (None elsewhere), for a Hugging Face export."""
+
+    def unwrapped(self) -> torch.nn.Module:
+        """The plain Hugging Face model inside any wrapper."""
+        assert self.model is not None, "setup() first"
+        return self.model
+
+    # --- collectives -------------------------------------------------------------------------
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in one process)."""
+
+    def all_gather_objects(self, obj: Any) -> list[Any]:
+        """One picklable object from each rank, in rank order."""
+        return [obj]
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when any rank passes True (stop requests, bad steps)."""
+        return flag
+
+    def mean(self, value: float) -> float:
+        """Average of a number over ranks."""
+        return value
+
+    def close(self) -> None:
+        """Tear down process groups."""
+
+    @contextlib.contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        model = self.unwrapped()
+        model.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            model.train()

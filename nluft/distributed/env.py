@@ -1,0 +1,36 @@
+"""The only reader of torchrun's and Slurm's environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job; passed to everything that needs to know."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE as torchrun sets them (default: 1 process)."""
+    env = os.environ if environ is None else environ
+    return DistEnv(
+        rank=int(env.get("RANK", 0)),
+        local_rank=int(env.get("LOCAL_RANK", 0)),
+        world_size=int(env.get("WORLD_SIZE", 1)),
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
+    )

@@ -1,0 +1,146 @@
+"""Inference over a split on every rank, gathered exactly: no padded duplicates, original order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from nluft.config import Config, load_config
+from nluft.data import build_data
+from nluft.data.collate import MODEL_INPUTS, collate
+from nluft.data.loading import ROW_COLUMN
+from nluft.data.sampling import eval_batches
+from nluft.distributed import DistEnv, Strategy, build_strategy
+from nluft.errors import NluftError
+from nluft.models import load_exported
+from nluft.tasks import Task, build_task
+
+
+def head_output(outputs: Any) -> torch.Tensor:
+    """Logits of any head; QA's start/end logits stacked as (batch, seq, 2)."""
+    if getattr(outputs, "logits", None) is not None:
+        return outputs.logits
+    return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+
+
+def run_inference(
+    strategy: Strategy, task: Task, features: Dataset, batch_size: int, pad_token_id: int
+) -> tuple[list[np.ndarray], float | None]:
+    """Logits of every feature in feature order, and the mean loss when features have labels."""
+    env = strategy.env
+    lengths = features["length"]
+    columns = [c for c in (*MODEL_INPUTS, "labels") if c in features.column_names]
+    mine: list[tuple[int, np.ndarray]] = []
+    loss_sum, count = 0.0, 0
+    model = strategy.model
+    assert model is not None
+    with strategy.eval_mode():
+        for indices in eval_batches(lengths, batch_size, env.rank, env.world_size):
+            batch = collate(features.select_columns(columns)[indices], pad_token_id)
+            labels = batch.pop("labels", None)
+            batch = {k: v.to(strategy.device) for k, v in batch.items()}
+            with strategy.autocast():
+                logits = head_output(model(**batch)).float()
+            if labels is not None:
+                loss_sum += float(task.loss(logits, labels.to(strategy.device))) * len(indices)
+                count += len(indices)
+            for row, index in enumerate(indices):
+                mine.append((index, trim(logits[row].cpu().numpy(), lengths[index])))
+    gathered = strategy.all_gather_objects((mine, loss_sum, count))
+    pairs = sorted((p for part, _, _ in gathered for p in part), key=lambda p: p[0])
+    assert [i for i, _ in pairs] == list(range(len(features))), "every feature exactly once"
+    total = sum(n for _, _, n in gathered)
+    loss = sum(s for _, s, _ in gathered) / total if total else None
+    return [logits for _, logits in pairs], loss
+
+
+def trim(logits: np.ndarray, length: int) -> np.ndarray:
+    """Drop padding positions from token-level logits (sequence axis first)."""
+    return logits[:length] if logits.ndim >= 2 else logits
+
+
+def evaluate_split(
+    strategy: Strategy,
+    task: Task,
+    examples: Dataset,
+    features: Dataset,
+    batch_size: int,
+    pad_token_id: int,
+) -> tuple[dict[str, float], list[Any]]:
+    """Metrics of one split (identical on every rank) and the per-example predictions."""
+    logits, loss = run_inference(strategy, task, features, batch_size, pad_token_id)
+    predictions = task.predict(logits, features, examples)
+    metrics = task.score(predictions, task.references(examples))
+    if loss is not None:
+        metrics = {"loss": loss, **metrics}
+    return metrics, predictions
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The config a run was trained with (its saved config.yaml), plus optional overrides."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise NluftError(f"{run_dir}: not an nluft run directory (no config.yaml)")
+    return load_config(path, overrides)
+
+
+def load_for_inference(run_dir: Path, overrides: list[str]) -> tuple[Config, Strategy, Task, Any]:
+    """Config, a one-process strategy holding the exported model, the task, and the tokenizer."""
+    cfg = load_run_config(run_dir, overrides)
+    export_dir = run_dir / "export"
+    if not (export_dir / "config.json").is_file():
+        raise NluftError(f"{run_dir}: no export yet (train to the end, or run nluft export)")
+    cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
+    task = build_task(cfg)
+    model, tokenizer = load_exported(export_dir, task)
+    hf_config: Any = model.config
+    task.label_names = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
+    strategy = build_strategy(cfg, DistEnv())
+    strategy.setup_inference(model)
+    return cfg, strategy, task, tokenizer
+
+
+def evaluate_run(run_dir: Path, split: str, overrides: list[str]) -> dict[str, float]:
+    """Metrics of a run's exported model on one split of its data."""
+    cfg, strategy, task, tokenizer = load_for_inference(run_dir, overrides)
+    data = build_data(cfg, task, tokenizer, is_main=True, barrier=lambda: None)
+    if split not in data.features:
+        raise NluftError(f"--split: no {split!r} split (have: {', '.join(data.features)})")
+    metrics, _ = evaluate_split(
+        strategy,
+        task,
+        data.examples[split],
+        data.features[split],
+        cfg.train.per_device_eval_batch_size,
+        int(tokenizer.pad_token_id or 0),
+    )
+    return metrics
+
+
+def predict_run(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictions with label names and scores for raw records (columns as in the config)."""
+    cfg, strategy, task, tokenizer = load_for_inference(run_dir, [])
+    examples = Dataset.from_list(records).add_column(ROW_COLUMN, list(range(len(records))))
+    features = examples.map(
+        lambda batch, idx: {**task.encode(batch, tokenizer), "example_id": idx},
+        batched=True,
+        with_indices=True,
+        remove_columns=examples.column_names,
+    )
+    features = features.map(lambda row: {"length": len(row["input_ids"])})
+    logits, _ = run_inference(
+        strategy,
+        task,
+        features,
+        cfg.train.per_device_eval_batch_size,
+        int(tokenizer.pad_token_id or 0),
+    )
+    predictions = task.predict(logits, features, examples)
+    return [
+        {**record, **out}
+        for record, out in zip(records, task.describe(predictions, logits), strict=True)
+    ]

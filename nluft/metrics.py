@@ -1,0 +1,69 @@
+"""Pure metric functions on label ids: no torch, no I/O, order-independent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(preds: Sequence[int], refs: Sequence[int], num_labels: int) -> np.ndarray:
+    """Counts with rows = reference label, columns = predicted label."""
+    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(refs, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
+    return matrix
+
+
+def safe_div(num: float, den: float) -> float:
+    return float(num) / float(den) if den else 0.0
+
+
+def f1_from(precision: float, recall: float) -> float:
+    return safe_div(2 * precision * recall, precision + recall)
+
+
+def classification_scores(
+    preds: Sequence[int], refs: Sequence[int], label_names: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy, macro precision/recall/F1, and per-class precision/recall/F1/support."""
+    matrix = confusion_matrix(preds, refs, len(label_names))
+    true_pos = np.diag(matrix).astype(float)
+    predicted = matrix.sum(axis=0)
+    support = matrix.sum(axis=1)
+    scores: dict[str, float] = {"accuracy": safe_div(true_pos.sum(), matrix.sum())}
+    precisions, recalls, f1s = [], [], []
+    for i, name in enumerate(label_names):
+        p, r = safe_div(true_pos[i], predicted[i]), safe_div(true_pos[i], support[i])
+        precisions.append(p)
+        recalls.append(r)
+        f1s.append(f1_from(p, r))
+        scores[f"{name}/precision"], scores[f"{name}/recall"], scores[f"{name}/f1"] = p, r, f1s[-1]
+        scores[f"{name}/support"] = float(support[i])
+    scores["macro_precision"] = float(np.mean(precisions))
+    scores["macro_recall"] = float(np.mean(recalls))
+    scores["macro_f1"] = float(np.mean(f1s))
+    return scores
+
+
+def multilabel_scores(
+    preds: np.ndarray, refs: np.ndarray, label_names: Sequence[str]
+) -> dict[str, float]:
+    """Micro/macro F1 and exact-match accuracy for 0/1 matrices of shape (examples, labels)."""
+    preds, refs = np.asarray(preds, dtype=bool), np.asarray(refs, dtype=bool)
+    true_pos = (preds & refs).sum(axis=0).astype(float)
+    pred_pos, real_pos = preds.sum(axis=0), refs.sum(axis=0)
+    micro_p = safe_div(true_pos.sum(), pred_pos.sum())
+    micro_r = safe_div(true_pos.sum(), real_pos.sum())
+    scores = {
+        "exact_match": float((preds == refs).all(axis=1).mean()) if len(refs) else 0.0,
+        "micro_precision": micro_p,
+        "micro_recall": micro_r,
+        "micro_f1": f1_from(micro_p, micro_r),
+    }
+    f1s = []
+    for i, name in enumerate(label_names):
+        p, r = safe_div(true_pos[i], pred_pos[i]), safe_div(true_pos[i], real_pos[i])
+        f1s.append(f1_from(p, r))
+        scores[f"{name}/f1"] = f1s[-1]
+    scores["macro_f1"] = float(np.mean(f1s)) if f1s else 0.0
+    return scores

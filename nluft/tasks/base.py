@@ -1,0 +1,51 @@
+"""The protocol every task implements: labels, encoding, loss, decoding and scoring."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+# Which transformers Auto class builds the model for each kind of head.
+MODEL_KINDS = {
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "token_classification": "AutoModelForTokenClassification",
+    "question_answering": "AutoModelForQuestionAnswering",
+}
+
+
+class Task(Protocol):
+    """One NLU task. Built from the config; `prepare` fixes labels before anything is encoded.
+
+    `encode` runs under `datasets.map(batched=True)` and returns one or more features per
+    example; `predict` and `score` are pure, so results do not depend on how many ranks ran eval.
+    """
+
+    name: str
+    model_kind: str
+    default_metric: str
+    label_names: list[str]
+
+    def prepare(self, splits: Mapping[str, Dataset]) -> None:
+        """Read the label set (and anything else fixed by the training data)."""
+
+    def encode(self, examples: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[Any]]:
+        """Tokenize a batch of raw examples into model features with `labels`."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of a batch."""
+
+    def predict(self, logits: list[np.ndarray], features: Dataset, examples: Dataset) -> list[Any]:
+        """One prediction per example from the logits of its features (in feature order)."""
+
+    def references(self, examples: Dataset) -> list[Any]:
+        """The gold answers of the examples, in the form `score` takes."""
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        """Metrics of the predictions; `default_metric` is one of the keys."""
+
+    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Human-readable predictions (label names and scores) for `nluft predict`."""

@@ -1,0 +1,367 @@
+"""The training loop and the per-rank `main` that sets it up.
+
+`train` reads top to bottom: step, log, evaluate when due, checkpoint when due, stop when asked.
+It never asks which distributed backend runs; the `Strategy` hides that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import transformers
+
+from nluft.checkpoint import (
+    Checkpointer,
+    TrainState,
+    export_model,
+    prepare_run_dir,
+    write_atomic,
+    write_plan,
+)
+from nluft.config import Config, Plan, build_plan, to_yaml
+from nluft.data import TaskData, build_data
+from nluft.data.collate import MODEL_INPUTS, collate
+from nluft.data.sampling import rank_slice, train_batches
+from nluft.distributed import Strategy, build_strategy, read_dist_env
+from nluft.evaluate import evaluate_split, head_output
+from nluft.models import build_model, build_tokenizer
+from nluft.tasks import Task, build_task
+from nluft.tracking import Tracker, format_table
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (preemption, wall time); the loop checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `setup`."""
+
+    cfg: Config
+    strategy: Strategy
+    task: Task
+    tokenizer: Any
+    data: TaskData
+    plan: Plan
+    run_dir: Path
+    tracker: Tracker
+    checkpointer: Checkpointer
+    stop: StopFlag
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id or 0)
+
+
+def main(
+    cfg: Config, resume: bool = False, overwrite: bool = False, dry_run: bool = False
+) -> dict[str, Any]:
+    """Train, evaluate on validation and test, export. Returns the final metrics per split."""
+    env = read_dist_env()
+    strategy = build_strategy(cfg, env)
+    task = build_task(cfg)
+    if not dry_run:
+        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main)
+    transformers.set_seed(cfg.train.seed)
+    tokenizer = build_tokenizer(cfg.model)
+    data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
+    plan = build_plan(cfg, env.world_size, len(data.features["train"]))
+    if dry_run:
+        return describe_plan(cfg, strategy, plan, data)
+    model = build_model(cfg.model, task, tokenizer)
+    strategy.setup(model, plan)
+    tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
+    run = Run(
+        cfg,
+        strategy,
+        task,
+        tokenizer,
+        data,
+        plan,
+        run_dir,
+        tracker,
+        Checkpointer(run_dir, cfg.train.save_total_limit, strategy),
+        StopFlag(),
+    )
+    if env.is_main:
+        write_plan(run_dir, plan, derived(strategy, data))
+    state = resume_state(run) if resume else TrainState()
+    try:
+        state = train(run, state)
+        if run.stop.requested and not state.finished:
+            tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
+            return {"stopped_at_step": state.global_step}
+        return finish(run, state)
+    finally:
+        tracker.close()
+        strategy.close()
+
+
+def train(run: Run, state: TrainState) -> TrainState:
+    """Optimizer steps until `plan.total_steps`, early stopping, or a stop request."""
+    cfg, strategy, plan, tracker = run.cfg, run.strategy, run.plan, run.tracker
+    accum = cfg.train.gradient_accumulation_steps
+    meter = Meter()
+    tracker.start(plan.total_steps, state.global_step)
+    while not state.finished:
+        batches = epoch_batches(run, state.epoch)
+        for i in range(state.batch_in_epoch, len(batches)):
+            boundary = (i + 1) % accum == 0
+            batch = collate(
+                run.data.features["train"].select_columns(train_columns(run))[batches[i]],
+                run.pad_id,
+            )
+            labels = batch.pop("labels").to(strategy.device)
+            inputs = {k: v.to(strategy.device) for k, v in batch.items()}
+            with strategy.no_sync() if not boundary else nullcontext():
+                with strategy.autocast():
+                    loss = run.task.loss(head_output(strategy.model(**inputs)), labels)  # type: ignore[misc]
+                strategy.backward(loss / accum)
+            meter.add(float(loss), inputs["attention_mask"], len(labels))
+            state.batch_in_epoch = i + 1
+            if not boundary:
+                continue
+            grad_norm = strategy.step()
+            state.global_step += 1
+            state.examples_seen += plan.effective_batch
+            log_train(run, state, meter, grad_norm)
+            state.finished = state.global_step >= plan.total_steps
+            if eval_due(cfg, state, len(batches) // accum):
+                evaluate_and_track(run, state)
+            if save_due(cfg, state, len(batches) // accum) or run.strategy.any_rank(
+                run.stop.requested
+            ):
+                run.checkpointer.save(state)
+                tracker.log(state.global_step, "event", {"event": "checkpoint"})
+            if state.finished or run.stop.requested:
+                return state
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    return state
+
+
+def train_columns(run: Run) -> list[str]:
+    names = run.data.features["train"].column_names
+    return [c for c in (*MODEL_INPUTS, "labels") if c in names]
+
+
+def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
+    """This rank's micro-batches of one epoch, cut to whole optimizer steps."""
+    env, cfg = run.strategy.env, run.cfg
+    global_batch = cfg.train.per_device_train_batch_size * env.world_size
+    batches = train_batches(
+        run.data.features["train"]["length"],
+        global_batch,
+        cfg.train.seed,
+        epoch,
+        cfg.data.group_by_length,
+    )
+    batches = batches[: run.plan.steps_per_epoch * cfg.train.gradient_accumulation_steps]
+    return [rank_slice(b, env.rank, env.world_size) for b in batches]
+
+
+def eval_due(cfg: Config, state: TrainState, steps_per_epoch: int) -> bool:
+    train = cfg.train
+    if train.eval_strategy == "no":
+        return False
+    if train.eval_strategy == "steps":
+        return state.global_step % train.eval_steps == 0 or state.finished
+    return state.global_step % steps_per_epoch == 0 or state.finished
+
+
+def save_due(cfg: Config, state: TrainState, steps_per_epoch: int) -> bool:
+    if cfg.train.save_steps:
+        return state.global_step % cfg.train.save_steps == 0 or state.finished
+    return eval_due(cfg, state, steps_per_epoch) or state.finished
+
+
+class Meter:
+    """Loss and throughput over the current logging window."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: list[float] = []
+        self.real_tokens = self.slots = self.window_examples = self.micro = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, attention_mask: Any, examples: int) -> None:
+        self.losses.append(loss)
+        self.real_tokens += int(attention_mask.sum())
+        self.slots += attention_mask.numel()
+        self.window_examples += examples
+        self.micro += 1
+
+    def summary(self, world_size: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return {
+            "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+            "examples_per_s": self.window_examples * world_size / elapsed,
+            "tokens_per_s": self.real_tokens * world_size / elapsed,
+            "padding_efficiency": self.real_tokens / max(1, self.slots),
+        }
+
+
+def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float) -> None:
+    stats = meter.summary(run.strategy.env.world_size)
+    run.tracker.advance(state.global_step, stats["loss"], stats["examples_per_s"])
+    if (
+        state.global_step % run.cfg.train.logging_steps == 0
+        or state.global_step >= run.plan.total_steps
+    ):
+        record = {
+            **stats,
+            "loss": run.strategy.mean(stats["loss"]),
+            "learning_rate": run.strategy.learning_rate,
+            "grad_norm": grad_norm,
+            "epoch": round(state.global_step / run.plan.steps_per_epoch, 4),
+        }
+        run.tracker.log(state.global_step, "train", record)
+        meter.reset()
+
+
+def evaluate(run: Run, split: str) -> tuple[dict[str, float], list[Any]]:
+    data = run.data
+    return evaluate_split(
+        run.strategy,
+        run.task,
+        data.examples[split],
+        data.features[split],
+        run.cfg.train.per_device_eval_batch_size,
+        run.pad_id,
+    )
+
+
+def evaluate_and_track(run: Run, state: TrainState) -> None:
+    """Validation metrics; track the best step and early stopping."""
+    if "validation" not in run.data.features:
+        return
+    metrics, _ = evaluate(run, "validation")
+    run.tracker.log(state.global_step, "eval/validation", metrics)
+    run.tracker.info(f"step {state.global_step}: " + short(metrics, run.task.default_metric))
+    name = run.cfg.train.metric_for_best_model or run.task.default_metric
+    value = metrics[name]
+    greater = run.cfg.train.greater_is_better
+    greater = (name != "loss") if greater is None else greater
+    margin = run.cfg.train.early_stopping_threshold
+    improved = state.best_metric is None or (
+        value > state.best_metric + margin if greater else value < state.best_metric - margin
+    )
+    if improved:
+        state.best_metric, state.best_step, state.evals_without_improvement = (
+            value,
+            state.global_step,
+            0,
+        )
+    else:
+        state.evals_without_improvement += 1
+        patience = run.cfg.train.early_stopping_patience
+        if patience and state.evals_without_improvement >= patience:
+            run.tracker.info(f"early stopping: no improvement in {name} for {patience} evaluations")
+            state.finished = True
+
+
+def short(metrics: dict[str, float], main_metric: str) -> str:
+    keys = [k for k in ("loss", main_metric) if k in metrics]
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+
+
+def resume_state(run: Run) -> TrainState:
+    path = run.checkpointer.latest()
+    if path is None:
+        run.tracker.info("no checkpoint yet; starting from step 0")
+        return TrainState()
+    state = run.checkpointer.load(path)
+    run.tracker.info(
+        f"resumed from {path} (step {state.global_step}, epoch {state.epoch}, "
+        f"batch {state.batch_in_epoch})"
+    )
+    run.tracker.log(state.global_step, "event", {"event": "resume", "checkpoint": path.name})
+    return state
+
+
+def finish(run: Run, state: TrainState) -> dict[str, Any]:
+    """Best weights back, final evaluation on validation and test, export, results table."""
+    cfg, strategy = run.cfg, run.strategy
+    if cfg.train.load_best_model_at_end and state.best_step is not None:
+        strategy.load(run.checkpointer.path_of(state.best_step), weights_only=True)
+        run.tracker.info(f"loaded best checkpoint (step {state.best_step})")
+    run.tracker.close_bar()
+    results: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        if split in run.data.features:
+            metrics, predictions = evaluate(run, split)
+            results[split] = metrics
+            run.tracker.log(state.global_step, f"final/{split}", metrics)
+            if strategy.env.is_main:
+                save_results(run, split, metrics, predictions)
+    export_dir = export_model(strategy, run.tokenizer, run.run_dir / "export")
+    if strategy.env.is_main:
+        keys = [
+            k
+            for k in ("loss", run.task.default_metric, "macro_f1")
+            if k in next(iter(results.values()), {})
+        ]
+        print(format_table(results, keys), flush=True)
+        print(f"export: {export_dir}", flush=True)
+    return results
+
+
+def save_results(run: Run, split: str, metrics: dict[str, float], predictions: list[Any]) -> None:
+    out = run.run_dir / "results"
+    out.mkdir(exist_ok=True)
+    write_atomic(out / f"{split}.json", json.dumps(metrics, indent=2))
+    if run.task.model_kind == "sequence_classification" and not getattr(
+        run.task, "multi_label", False
+    ):
+        from nluft.metrics import confusion_matrix
+
+        refs = run.task.references(run.data.examples[split])
+        matrix = confusion_matrix(predictions, refs, len(run.task.label_names))
+        payload = {
+            "labels": run.task.label_names,
+            "rows_are": "reference",
+            "matrix": matrix.tolist(),
+        }
+        write_atomic(out / f"{split}_confusion_matrix.json", json.dumps(payload))
+
+
+def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
+    return {
+        "device": str(strategy.device),
+        "precision": strategy.precision,
+        "strategy": strategy.name,
+        "num_examples": {split: len(ds) for split, ds in data.examples.items()},
+        "num_features": {split: len(ds) for split, ds in data.features.items()},
+        "tokenized_cache": str(data.cache_path),
+    }
+
+
+def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
+    """What --dry-run prints: the resolved config and every derived value."""
+    info = {**plan.__dict__, **derived(strategy, data)}
+    if strategy.env.is_main:
+        print("# resolved config")
+        print(to_yaml(cfg))
+        print("# derived")
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        print(f"warmup_ratio_effective: {plan.warmup_steps / max(1, plan.total_steps):.4f}")
+        print(f"epochs_ceil: {math.ceil(plan.num_epochs)}")
+    return info
