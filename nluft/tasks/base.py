@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +16,15 @@ MODEL_KINDS = {
     "token_classification": "AutoModelForTokenClassification",
     "question_answering": "AutoModelForQuestionAnswering",
 }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem `nluft check-data` reports; `where` is `file:line` or a split name."""
+
+    level: Literal["error", "warning"]
+    where: str
+    message: str
 
 
 class Task(Protocol):
