@@ -48,6 +48,9 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
+    train_seconds: float = 0.0  # time in training steps (evaluation and checkpoints excluded)
+    real_tokens: int = 0  # non-pad tokens seen by this rank
+    padded_slots: int = 0  # token slots (real + padding) seen by this rank
 
 
 # --- run directory -------------------------------------------------------------------------

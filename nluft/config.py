@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from nluft.errors import NluftError
 
@@ -82,6 +89,12 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     early_stopping_threshold: float = Field(0.0, ge=0)
     logging_steps: int = Field(10, ge=1)
+
+    @field_validator("eval_strategy", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `no` as false; the Hugging Face spelling is the string "no".
+        return "no" if value is False else value
 
 
 class StrategyConfig(Section):

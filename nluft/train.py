@@ -142,6 +142,7 @@ def train(run: Run, state: TrainState) -> TrainState:
             state.examples_seen += plan.effective_batch
             log_train(run, state, meter, grad_norm)
             state.finished = state.global_step >= plan.total_steps
+            paused = time.perf_counter()
             if eval_due(cfg, state, len(batches) // accum):
                 evaluate_and_track(run, state)
             if save_due(cfg, state, len(batches) // accum) or run.strategy.any_rank(
@@ -149,6 +150,7 @@ def train(run: Run, state: TrainState) -> TrainState:
             ):
                 run.checkpointer.save(state)
                 tracker.log(state.global_step, "event", {"event": "checkpoint"})
+            meter.start += time.perf_counter() - paused  # throughput counts training time only
             if state.finished or run.stop.requested:
                 return state
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
@@ -233,6 +235,9 @@ def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float) -> No
             "epoch": round(state.global_step / run.plan.steps_per_epoch, 4),
         }
         run.tracker.log(state.global_step, "train", record)
+        state.train_seconds += time.perf_counter() - meter.start
+        state.real_tokens += meter.real_tokens
+        state.padded_slots += meter.slots
         meter.reset()
 
 
@@ -313,6 +318,15 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
                 save_results(run, split, metrics, predictions)
     export_dir = export_model(strategy, run.tokenizer, run.run_dir / "export")
     if strategy.env.is_main:
+        speed = throughput(state, strategy.env.world_size)
+        (run.run_dir / "results").mkdir(exist_ok=True)
+        write_atomic(run.run_dir / "results" / "train.json", json.dumps(speed, indent=2))
+        print(
+            f"train: {speed['steps']} steps in {speed['train_seconds']:.0f} s, "
+            f"{speed['examples_per_s']:.1f} examples/s, {speed['tokens_per_s']:.0f} tokens/s, "
+            f"padding efficiency {speed['padding_efficiency']:.3f}",
+            flush=True,
+        )
         keys = [
             k
             for k in ("loss", run.task.default_metric, "macro_f1")
@@ -321,6 +335,18 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
         print(format_table(results, keys), flush=True)
         print(f"export: {export_dir}", flush=True)
     return results
+
+
+def throughput(state: TrainState, world_size: int) -> dict[str, float]:
+    """Whole-run training throughput (evaluation and checkpoint time excluded)."""
+    seconds = max(state.train_seconds, 1e-9)
+    return {
+        "steps": state.global_step,
+        "train_seconds": round(state.train_seconds, 2),
+        "examples_per_s": state.examples_seen / seconds,
+        "tokens_per_s": state.real_tokens * world_size / seconds,
+        "padding_efficiency": state.real_tokens / max(1, state.padded_slots),
+    }
 
 
 def save_results(run: Run, split: str, metrics: dict[str, float], predictions: list[Any]) -> None:

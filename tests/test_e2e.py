@@ -205,3 +205,38 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_config: Path, tmp_pa
         if json.loads(x)["kind"] == "train"
     ]
     assert sorted(set(steps)) == list(range(1, 361)), "no optimizer step lost after resume"
+
+
+def train_records(run_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tiny_config: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "early"
+    proc = nluft(
+        "train",
+        str(tiny_config),
+        f"output_dir={run_dir}",
+        "train.max_steps=40",
+        "train.eval_strategy=steps",
+        "train.eval_steps=3",
+        "train.early_stopping_patience=2",
+        "train.early_stopping_threshold=10",
+        "train.save_total_limit=1",
+        check=True,
+    )
+    assert "early stopping" in proc.stderr
+    evals = [r["step"] for r in train_records(run_dir, "eval/validation")]
+    assert evals == [3, 6, 9], "stopped after two evaluations without gain"
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000003", "step-00000009"], "the best (first) and the last one"
+    assert "loaded best checkpoint (step 3)" in proc.stderr
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "bf16"
+    nluft("train", str(tiny_config), f"output_dir={run_dir}", "train.precision=bf16", check=True)
+    assert json.loads((run_dir / "results" / "test.json").read_text())["accuracy"] >= 0.9
+    speed = json.loads((run_dir / "results" / "train.json").read_text())
+    assert speed["examples_per_s"] > 0 and 0 < speed["padding_efficiency"] <= 1
