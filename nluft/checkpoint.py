@@ -59,20 +59,25 @@ class TrainState:
 def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, is_main: bool) -> Path:
     """Check (and on rank 0 create) the run directory; never reuse one silently."""
     run_dir = Path(cfg.output_dir)
-    exists = run_dir.exists() and any(run_dir.iterdir())
+    holds_run = (run_dir / "config.yaml").is_file()
+    # `nluft submit` puts the job script and Slurm logs in RUN_DIR/slurm before training starts.
+    foreign = (
+        not holds_run and run_dir.is_dir() and any(p.name != "slurm" for p in run_dir.iterdir())
+    )
     if resume and overwrite:
         raise NluftError("--resume and --overwrite contradict each other; pass one")
-    if exists and not (resume or overwrite):
+    if holds_run and not (resume or overwrite):
         raise NluftError(
             f"output_dir: {run_dir} already holds a run; pass --resume to continue it, "
             "--overwrite to replace it, or set output_dir=NEW_DIR"
         )
-    if resume and exists and not (run_dir / "config.yaml").is_file():
+    if foreign:
         raise NluftError(
-            f"output_dir: {run_dir} is not an nluft run (no config.yaml); cannot resume"
+            f"output_dir: {run_dir} is not empty and is not an nluft run (no config.yaml); "
+            "choose another output_dir"
         )
     if is_main:
-        if exists and overwrite:
+        if holds_run and overwrite:
             shutil.rmtree(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))

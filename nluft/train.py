@@ -133,7 +133,7 @@ def train(run: Run, state: TrainState) -> TrainState:
                 with strategy.autocast():
                     loss = run.task.loss(head_output(strategy.model(**inputs)), labels)  # type: ignore[misc]
                 strategy.backward(loss / accum)
-            meter.add(float(loss), inputs["attention_mask"], len(labels))
+            meter.add(float(loss.detach()), inputs["attention_mask"], len(labels))
             state.batch_in_epoch = i + 1
             if not boundary:
                 continue

@@ -74,6 +74,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -
 
 
 @pytest.fixture(scope="session")
+def tiny_model_no_dropout(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny BERT without dropout: runs that batch differently must give equal losses."""
+    import transformers
+
+    out = tmp_path_factory.mktemp("tiny-bert-no-dropout")
+    model = transformers.BertModel.from_pretrained(
+        str(tiny_model_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    model.save_pretrained(str(out), safe_serialization=True)
+    transformers.AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def sentiment_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("sentiment")
     return {

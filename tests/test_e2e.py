@@ -240,3 +240,36 @@ def test_bf16_autocast_trains_on_cpu(tiny_config: Path, tmp_path: Path) -> None:
     assert json.loads((run_dir / "results" / "test.json").read_text())["accuracy"] >= 0.9
     speed = json.loads((run_dir / "results" / "train.json").read_text())
     assert speed["examples_per_s"] > 0 and 0 < speed["padding_efficiency"] <= 1
+
+
+def test_gradient_accumulation_matches_a_larger_batch(
+    tiny_config: Path, tiny_model_no_dropout: Path, tmp_path: Path
+) -> None:
+    common = [
+        f"model.name_or_path={tiny_model_no_dropout}",
+        "train.max_steps=8",
+        "train.logging_steps=1",
+        "train.eval_strategy=no",
+        "data.group_by_length=false",
+    ]
+    nluft(
+        "train",
+        str(tiny_config),
+        *common,
+        f"output_dir={tmp_path / 'big'}",
+        "train.per_device_train_batch_size=16",
+        check=True,
+    )
+    nluft(
+        "train",
+        str(tiny_config),
+        *common,
+        f"output_dir={tmp_path / 'accum'}",
+        "train.per_device_train_batch_size=8",
+        "train.gradient_accumulation_steps=2",
+        check=True,
+    )
+    big = [r["loss"] for r in train_records(tmp_path / "big")]
+    accum = [r["loss"] for r in train_records(tmp_path / "accum")]
+    assert len(big) == len(accum) == 8
+    assert accum == pytest.approx(big, rel=1e-4, abs=1e-6)

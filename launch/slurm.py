@@ -1,0 +1,193 @@
+"""Slurm batch scripts rendered from an nluft config, checked before anything is submitted.
+
+`render_script` is a pure function (golden-file tests pin its output); `submit` writes the script
+into the run directory and calls the real `sbatch`.
+
+The script runs one srun task per node; each task starts torchrun with `procs_per_node` workers and
+a c10d rendezvous on the allocation's first host, on a port derived from the job id (jobs that
+share a host never collide on 29500). Preemption and wall time: Slurm sends USR1 to the batch shell
+`signal_seconds` early; the trap sends SIGTERM to the job step's torchrun agents, which pass it to
+the workers, whose handler only sets a flag; the loop agrees on it across ranks, checkpoints
+atomically and exits. The batch shell then requeues the job unless the run finished or
+`max_requeues` is reached; the requeued job resumes from that checkpoint by itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nluft.config import Config
+from nluft.errors import NluftError
+
+FINISHED_MARKER = "results/train.json"  # written by nluft only when training ran to its end
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What `nluft submit` takes besides the config; names follow sbatch's options."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0
+    procs_per_node: int = 1  # used when gpus_per_node is 0 (CPU ranks)
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    mem: str | None = None
+    cpus_per_task: int | None = None
+    exclusive: bool = False
+    dependency: str | None = None
+    job_name: str | None = None
+    signal_seconds: int = 120
+    max_requeues: int = 3
+    setup_lines: tuple[str, ...] = ()  # e.g. "module load cuda/12.4", "source .venv/bin/activate"
+    python: str = "python"
+    array_overrides: tuple[tuple[str, ...], ...] = ()  # one override set per array index
+    extra_sbatch: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.gpus_per_node or self.procs_per_node
+
+
+def check_layout(cfg: Config, opts: SubmitOptions) -> int:
+    """The world size this layout gives; errors name the option and the fix."""
+    if opts.nodes < 1 or opts.nproc_per_node < 1:
+        raise NluftError("--nodes and --gpus-per-node/--procs-per-node must be at least 1")
+    world = opts.nodes * opts.nproc_per_node
+    if cfg.strategy.name == "single" and world > 1:
+        raise NluftError(
+            f"strategy.name: 'single' runs one process but --nodes {opts.nodes} x "
+            f"{opts.nproc_per_node} per node gives {world}; set strategy.name=ddp (or fsdp, "
+            "deepspeed) or ask for one node and one process"
+        )
+    if cfg.train.per_device_eval_batch_size < 1:
+        raise NluftError("train.per_device_eval_batch_size must be at least 1")
+    if opts.signal_seconds < 10:
+        raise NluftError("--signal-seconds: give training at least 10 s to checkpoint")
+    if opts.max_requeues < 0:
+        raise NluftError("--max-requeues must be 0 or more")
+    return world
+
+
+def sbatch_lines(cfg: Config, opts: SubmitOptions, run_dir: Path) -> list[str]:
+    array = bool(opts.array_overrides)
+    log = run_dir / "slurm" / ("slurm-%A_%a.out" if array else "slurm-%j.out")
+    lines = [
+        f"--job-name={opts.job_name or 'nluft-' + run_dir.name}",
+        f"--nodes={opts.nodes}",
+        "--ntasks-per-node=1",
+        f"--output={log}",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR1@{opts.signal_seconds}",
+    ]
+    if opts.gpus_per_node:
+        lines.append(f"--gpus-per-node={opts.gpus_per_node}")
+    for name in (
+        "partition",
+        "time",
+        "account",
+        "qos",
+        "constraint",
+        "mem",
+        "cpus_per_task",
+        "dependency",
+    ):
+        value = getattr(opts, name)
+        if value is not None:
+            lines.append(f"--{name.replace('_', '-')}={value}")
+    if opts.exclusive:
+        lines.append("--exclusive")
+    if array:
+        lines.append(f"--array=0-{len(opts.array_overrides) - 1}")
+    lines.extend(opts.extra_sbatch)
+    return lines
+
+
+def render_script(
+    config_path: str, overrides: list[str], cfg: Config, opts: SubmitOptions, workdir: Path
+) -> str:
+    """The complete sbatch script for this config and layout."""
+    check_layout(cfg, opts)
+    run_dir = Path(cfg.output_dir)
+    array = bool(opts.array_overrides)
+    run_ref = (
+        f"{shlex.quote(str(run_dir))}/$SLURM_ARRAY_TASK_ID" if array else shlex.quote(str(run_dir))
+    )
+    header = ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines(cfg, opts, run_dir))]
+    body = [
+        "# Rendered by `nluft submit`; the job resumes itself after preemption or requeue.",
+        "set -uo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        *opts.setup_lines,
+        f"RUN_DIR={run_ref}",
+        'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 PYTHONUNBUFFERED=1",
+        'RESUME=(); [ -f "$RUN_DIR/config.yaml" ] && RESUME=(--resume)',
+    ]
+    if array:
+        sets = " ".join(shlex.quote(" ".join(s)) for s in opts.array_overrides)
+        body += [f"SWEEP=({sets})", 'read -r -a SWEEP_ARGS <<< "${SWEEP[$SLURM_ARRAY_TASK_ID]}"']
+    sweep = ' "${SWEEP_ARGS[@]}"' if array else ""
+    train = " ".join(
+        [
+            opts.python,
+            "-m torch.distributed.run",
+            "--nnodes=$SLURM_NNODES",
+            f"--nproc-per-node={opts.nproc_per_node}",
+            "--node-rank=$SLURM_NODEID",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=$HEAD:$PORT",
+            "--rdzv-id=$SLURM_JOB_ID",
+            "-m nluft train",
+            shlex.quote(config_path),
+            *map(shlex.quote, overrides),
+        ]
+    )
+    body += [
+        f'srun --kill-on-bad-exit=1 {train}{sweep} "output_dir=$RUN_DIR" "${{RESUME[@]}}" &',
+        "PID=$!",
+        "# Signal the step's torchrun agents (not srun: it would kill the step after KillWait);",
+        "# they pass SIGTERM to the workers, which checkpoint at the next step and exit.",
+        'STOP=\'echo "nluft: stop signal; checkpointing"; scancel -s TERM "$SLURM_JOB_ID.0"\'',
+        'trap "$STOP" USR1 TERM',
+        "# wait returns early when the trap fires; keep waiting until training has exited",
+        'while :; do wait "$PID"; RC=$?; kill -0 "$PID" 2>/dev/null || break; done',
+        f'if [ -f "$RUN_DIR/{FINISHED_MARKER}" ]; then echo "nluft: run finished"; exit 0; fi',
+        f'if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {opts.max_requeues} ]; then',
+        f'  echo "nluft: not finished after {opts.max_requeues} requeues; giving up (exit $RC)"',
+        '  exit "$RC"',
+        "fi",
+        'if [ -n "$(ls "$RUN_DIR"/checkpoints/step-* 2>/dev/null)" ]; then',
+        '  echo "nluft: requeueing job $SLURM_JOB_ID to resume from the latest checkpoint"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit 0",
+        "fi",
+        'echo "nluft: training failed before its first checkpoint (exit $RC)"',
+        'exit "$RC"',
+    ]
+    return "\n".join([*header, "", *body]) + "\n"
+
+
+def submit(script: str, cfg: Config) -> tuple[str, Path]:
+    """Write the script into the run dir and call sbatch; return the job id and script path."""
+    slurm_dir = Path(cfg.output_dir) / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    path = slurm_dir / "job.sbatch"
+    path.write_text(script)
+    try:
+        proc = subprocess.run(
+            ["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60
+        )
+    except FileNotFoundError:
+        raise NluftError("sbatch not found: run nluft submit on a Slurm login node") from None
+    if proc.returncode != 0:
+        message = (proc.stderr or proc.stdout).strip().splitlines()
+        raise NluftError(f"sbatch rejected {path}: {message[-1] if message else proc.returncode}")
+    return proc.stdout.strip().split(";")[0], path
