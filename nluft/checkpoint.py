@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,27 +112,63 @@ class Checkpointer:
         self.is_main = strategy.env.is_main
 
     def save(self, state: TrainState) -> Path:
-        """Write a complete checkpoint of the current step (every rank calls this)."""
+        """Write a complete checkpoint of the current step (every rank calls this).
+
+        A failed write (disk full, I/O error) on any rank removes the partial files on every rank
+        and raises: training never continues as if it had saved.
+        """
         final = self.root / f"{PREFIX}{state.global_step:08d}"
         tmp = self.root / f".tmp-{final.name}"
+        self.guarded(final, tmp, lambda: self.prepare_tmp(tmp))
+        self.guarded(final, tmp, lambda: self.write_rank_files(tmp))
+        self.guarded(final, tmp, lambda: self.seal(tmp, final, state))
+        return final
+
+    def prepare_tmp(self, tmp: Path) -> None:
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        self.strategy.barrier()
+
+    def write_rank_files(self, tmp: Path) -> None:
         self.strategy.save(tmp)
         torch.save(rng_state(), tmp / f"rng-{self.strategy.env.rank}.pt")
-        self.strategy.barrier()
+
+    def seal(self, tmp: Path, final: Path, state: TrainState) -> None:
+        """Rank 0: trainer state, manifest, fsync, then the rename that publishes the checkpoint."""
+        if not self.is_main:
+            return
+        write_atomic(tmp / STATE, json.dumps(dataclasses.asdict(state), indent=2))
+        write_atomic(tmp / MANIFEST, json.dumps(build_manifest(tmp), indent=2))
+        fsync_dir(tmp)
+        old = self.root / f".old-{final.name}"
+        if final.exists():  # a second save at the same step: swap, so one copy always exists
+            final.rename(old)
+        tmp.rename(final)
+        fsync_dir(self.root)
+        shutil.rmtree(old, ignore_errors=True)
+        self.apply_retention(state.best_step)
+
+    def guarded(self, final: Path, tmp: Path, phase: Callable[[], None]) -> None:
+        """Run one phase on every rank; if any rank failed, clean up and raise on all of them."""
+        error: BaseException | None = None
+        try:
+            phase()
+        except Exception as err:  # OSError, or a library's own wrapper of one (safetensors)
+            error = err
+        if not self.strategy.any_rank(error is not None):
+            return
         if self.is_main:
-            write_atomic(tmp / STATE, json.dumps(dataclasses.asdict(state), indent=2))
-            write_atomic(tmp / MANIFEST, json.dumps(build_manifest(tmp), indent=2))
-            fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            fsync_dir(self.root)
-            self.apply_retention(state.best_step)
-        self.strategy.barrier()
-        return final
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = self.latest_name()
+        reason = f"{type(error).__name__}: {error}" if error else "failed on another rank"
+        raise NluftError(
+            f"checkpoint {final.name} could not be written ({reason}); partial files removed; "
+            f"latest complete checkpoint: {kept}"
+        )
+
+    def latest_name(self) -> str:
+        found = sorted(self.root.glob(f"{PREFIX}*"))
+        return found[-1].name if found else "none"
 
     def complete(self) -> list[Path]:
         """Checkpoints whose manifest matches their files, oldest first; others are warned about."""
