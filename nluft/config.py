@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nluft.errors import NluftError
 
-STRATEGY_NAMES = ("single",)
+STRATEGY_NAMES = ("single", "ddp")
 
 
 class Section(BaseModel):
@@ -86,6 +86,8 @@ class TrainConfig(Section):
 
 class StrategyConfig(Section):
     name: str = "single"
+    # Collective and rendezvous timeout: a rank that dies or hangs fails the job after this long.
+    timeout_s: float = Field(600.0, gt=0)
 
 
 class ClassificationConfig(Section):

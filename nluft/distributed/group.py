@@ -11,14 +11,25 @@ import torch.distributed as dist
 from nluft.distributed.base import Strategy
 
 
-def init_process_group(device: torch.device, timeout_s: float) -> None:
-    """NCCL on GPUs, gloo on CPUs; torchrun's env:// rendezvous; a bounded timeout."""
+def init_process_group(
+    device: torch.device, timeout_s: float, world_size: int | None = None
+) -> None:
+    """NCCL on GPUs, gloo on CPUs; torchrun's env:// rendezvous; a bounded timeout.
+
+    `world_size=1` needs no rendezvous: a group of one on an in-memory store, so a distributed
+    strategy also runs as plain `nluft train` (e.g. to resume a 2-rank run on one process).
+    """
     if dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if world_size == 1:
+        store = dist.HashStore()
+        dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        return
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 class GroupCollectives(Strategy):
