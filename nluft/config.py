@@ -88,6 +88,8 @@ class StrategyConfig(Section):
     name: str = "single"
     # Collective and rendezvous timeout: a rank that dies or hangs fails the job after this long.
     timeout_s: float = Field(600.0, gt=0)
+    # ddp: set when some parameters get no gradient in a step (costs a graph walk per step).
+    find_unused_parameters: bool = False
 
 
 class ClassificationConfig(Section):

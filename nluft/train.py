@@ -77,7 +77,7 @@ def main(
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
     if not dry_run:
-        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main)
+        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main, strategy.barrier)
     transformers.set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.model)
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)

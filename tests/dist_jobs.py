@@ -73,11 +73,21 @@ KINDS = {"cli": run_cli, "eval": run_eval}
 
 
 def main(jobs_file: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
     from nluft.cli import quiet_libraries
+    from nluft.distributed import read_dist_env
 
     quiet_libraries()
+    # One process group for all jobs, made here: strategies use it and leave it open on close.
+    if read_dist_env().is_distributed:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     for job in json.loads(Path(jobs_file).read_text()):
         KINDS[job["kind"]](job)
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ COMMON = [
     "train.logging_steps=1",
     "train.save_steps=10",
     "train.save_total_limit=5",
-    "train.eval_strategy=epoch",
+    "train.eval_strategy=steps",
+    "train.eval_steps=10",  # evaluate where checkpoints are saved: the best one is always kept
 ]
 SINGLE = ["strategy.name=single", "train.per_device_train_batch_size=8"]
 # Backend name -> its overrides on 2 ranks; each gets the same global batch and seed as SINGLE.
@@ -80,7 +81,7 @@ def run_jobs(jobs: list[dict[str, Any]], path: Path, nproc: int) -> None:
     proc = subprocess.run(
         cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, proc.stderr[-8000:]
 
 
 def cut_at(run_dir: Path, step: int, dest: Path) -> Path:

@@ -7,6 +7,7 @@ gradient all-reduce, so 2 ranks x batch 8 train like 1 process x batch 16.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,11 @@ class DDPStrategy(GroupCollectives, ReplicatedStrategy):
         init_process_group(self.device, cfg.strategy.timeout_s, env.world_size)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        # broadcast_buffers=False: encoder buffers (position ids) never change, and a buffer
-        # broadcast inside forward would hang evaluation, where ranks run different batch counts.
         ddp = DistributedDataParallel(
             model,
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,
+            find_unused_parameters=self.cfg.strategy.find_unused_parameters,
+            **no_buffer_sync_in_forward(),
         )
         # Same weights on every rank (DDP broadcast them from rank 0); distinct dropout masks.
         torch.manual_seed(self.cfg.train.seed + self.env.rank)
@@ -58,3 +58,14 @@ class DDPStrategy(GroupCollectives, ReplicatedStrategy):
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
         return super().export_state_dict() if self.env.is_main else None
+
+
+def no_buffer_sync_in_forward() -> dict[str, bool]:
+    """DDP's flag for not broadcasting buffers in every forward (renamed in newer torch).
+
+    Encoder buffers (position ids) never change, and a broadcast inside forward would hang
+    evaluation, where ranks run different numbers of batches.
+    """
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
