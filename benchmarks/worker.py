@@ -73,7 +73,7 @@ def nluft_overrides(args: argparse.Namespace, world_size: int) -> list[str]:
         f"data.cache_dir={args.out / 'cache'}",  # cold cache: tokenization counts, as for HF
         f"train.max_steps={args.steps}",
         f"train.per_device_train_batch_size={args.batch}",
-        "train.eval_strategy=no",
+        "train.eval_strategy='no'",
         f"train.logging_steps={args.steps}",
         f"strategy.name={'ddp' if world_size > 1 else 'single'}",
         "tracking.progress_bar=false",

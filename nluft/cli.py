@@ -19,7 +19,7 @@ EXIT_STOPPED = 3  # training stopped on a signal after checkpointing; resume wit
 
 
 def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
-    """The parser of every verb; `extend` adds more (launch/ adds its own; nluft never imports it)."""
+    """The parser of every verb; `extend` adds more (launch/ adds its verbs)."""
     parser = argparse.ArgumentParser(
         prog="nluft", description="Fine-tune pre-trained language models on NLU tasks."
     )

@@ -5,6 +5,7 @@ keeps tests/test_distributed.py short. Usage (every rank runs the same list, in 
 
     python -m torch.distributed.run --nproc-per-node 2 ... tests/dist_jobs.py JOBS.json
     python tests/dist_jobs.py JOBS.json            # the same jobs on one process
+    dist_jobs.run_jobs(JOBS)                       # ... or inside the caller (no start-up cost)
 
 JOBS.json is a list of
     {"kind": "cli", "argv": ["train", "CONFIG", "key=value", ...]}    one `nluft` verb
@@ -16,6 +17,7 @@ JOBS.json is a list of
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,20 +74,32 @@ def run_eval(job: dict[str, Any]) -> None:
 KINDS = {"cli": run_cli, "eval": run_eval}
 
 
+def run_jobs(jobs: list[dict[str, Any]]) -> None:
+    """Run the jobs in order in this process (a test calls it directly for one process)."""
+    from nluft.cli import quiet_libraries
+
+    quiet_libraries()
+    # Training installs SIGTERM/SIGUSR1 handlers; give the caller its own back.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        for job in jobs:
+            KINDS[job["kind"]](job)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def main(jobs_file: str) -> None:
     import datetime
 
     import torch.distributed as dist
 
-    from nluft.cli import quiet_libraries
     from nluft.distributed import read_dist_env
 
-    quiet_libraries()
     # One process group for all jobs, made here: strategies use it and leave it open on close.
     if read_dist_env().is_distributed:
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
-    for job in json.loads(Path(jobs_file).read_text()):
-        KINDS[job["kind"]](job)
+    run_jobs(json.loads(Path(jobs_file).read_text()))
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -2,12 +2,13 @@
 checkpoints that resume on another number of ranks, export, and `nluft launch` itself.
 
 The expensive part is process start-up (10-20 s of imports per launch), so the runs are made once
-per module by the `runs` fixture, grouped into three launches:
-    1. one process:      the single-process reference run (checkpoints every 10 steps)
-    2. torchrun x 2:      every PARITY config, resume 1 -> 2 from run 1's step 10, 2-rank eval
-    3. one process:      resume 2 -> 1 from the ddp run's step 10, re-export, 1-rank evals
-To add a backend (zero1/2/3, fsdp), add its overrides to PARITY; to add a task to the exact-eval
-check, add a run of it to EVAL_CASES' fixture.
+per module by the `runs` fixture, in one torchrun launch between two in-process phases:
+    1. this process:   the single-process reference run (checkpoints every 10 steps)
+    2. torchrun x 2:   every PARITY config, resume 1 -> 2 from run 1's step 20, 2-rank eval
+    3. this process:   resume 2 -> 1 from the ddp run's step 20, re-export, 1-rank evals
+To add a backend (zero1/2/3, fsdp), add its overrides to PARITY: it joins launch 2 and the
+parametrised parity test. To add a task to the exact-eval check, add an eval job of a run of it
+to launch 2 and to phase 3 (see `Runs.evaluate`) and a parameter to the test.
 """
 
 from __future__ import annotations
@@ -18,19 +19,19 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+import dist_jobs
 import pytest
-from conftest import ROOT, nluft
+from conftest import ROOT
 
 pytestmark = pytest.mark.distributed
 
 # Global batch 16 in every run: one process takes 8 x 2 accumulation steps; 2 ranks take 4 each.
 COMMON = [
-    "train.num_train_epochs=2",
-    "train.learning_rate=1e-3",
+    "train.num_train_epochs=3",
+    "train.learning_rate=3e-3",
     "train.gradient_accumulation_steps=2",
     "train.logging_steps=1",
     "train.save_steps=10",
@@ -43,8 +44,8 @@ SINGLE = ["strategy.name=single", "train.per_device_train_batch_size=8"]
 PARITY = {
     "ddp": ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
 }
-RESUME_STEP = 10
-TOTAL_STEPS = 30  # 240 examples / 16 per step x 2 epochs
+RESUME_STEP = 20  # mid-epoch: the 10th of 15 steps of epoch 2
+TOTAL_STEPS = 45  # 240 examples / 16 per step x 3 epochs
 # Relative tolerance of the loss curves and final losses: float sums in another order (per-rank
 # means averaged by all-reduce) differ by ~1e-7 per step and grow a little through Adam.
 LOSS_RTOL = 1e-5
@@ -62,22 +63,15 @@ def python_env() -> dict[str, str]:
 
 
 def run_jobs(jobs: list[dict[str, Any]], path: Path, nproc: int) -> None:
-    """Run the harness (tests/dist_jobs.py) on `nproc` ranks; fail with the ranks' stderr."""
-    path.write_text(json.dumps(jobs))
-    harness = str(ROOT / "tests" / "dist_jobs.py")
+    """Run the harness (tests/dist_jobs.py): under torchrun on `nproc` ranks, or, for one
+    process, right here (this process has imported torch already: no start-up cost)."""
     if nproc == 1:
-        cmd = [sys.executable, harness, str(path)]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d",
-            "--rdzv-endpoint=127.0.0.1:0",
-            harness,
-            str(path),
-        ]
+        dist_jobs.run_jobs(jobs)
+        return
+    path.write_text(json.dumps(jobs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0"]
+    cmd += [str(ROOT / "tests" / "dist_jobs.py"), str(path)]
     proc = subprocess.run(
         cmd, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
     )
@@ -260,3 +254,40 @@ def test_export_of_a_2_rank_run_reevaluates_to_its_results(runs: dict[str, Path]
     again = load_file(runs["ddp"] / "reexport" / "model.safetensors")
     assert end.keys() == again.keys()
     assert all(end[k].equal(again[k]) for k in end)
+
+
+def free_or_taken(port: int) -> socket.socket | None:
+    """Listen on `port` so nobody else can (None when something already does)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_nluft_launch_trains_on_2_ranks_while_port_29500_is_taken(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """The real console script: torchrun's runner, c10d on a free port, ddp on 2 ranks."""
+    script = Path(sys.executable).with_name("nluft")
+    run_dir = tmp_path / "launched"
+    argv = [str(script), "launch", "--nproc-per-node", "2", str(tiny_config)]
+    argv += ["strategy.name=ddp", "train.max_steps=6", "train.eval_strategy='no'"]
+    argv += ["train.per_device_train_batch_size=8", f"output_dir={run_dir}"]
+    blocker = free_or_taken(29500)
+    try:
+        proc = subprocess.run(
+            argv, cwd=ROOT, env=python_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT
+        )
+    finally:
+        if blocker is not None:
+            blocker.close()
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    assert "--rdzv-endpoint=127.0.0.1:0" in proc.stderr
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, "ddp")
+    assert (run_dir / "export" / "model.safetensors").is_file()
+    assert json.loads((run_dir / "results" / "test.json").read_text())["accuracy"] >= 0

@@ -10,7 +10,6 @@ import torch.distributed as dist
 
 from nluft.distributed.base import Strategy
 
-
 # Whether nluft created the default group: a program that made its own (a notebook, a harness
 # running several jobs in one launch) keeps it after a strategy closes.
 created_here = False
