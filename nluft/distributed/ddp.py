@@ -60,7 +60,7 @@ class DDPStrategy(GroupCollectives, ReplicatedStrategy):
         return super().export_state_dict() if self.env.is_main else None
 
 
-def no_buffer_sync_in_forward() -> dict[str, bool]:
+def no_buffer_sync_in_forward() -> dict[str, Any]:
     """DDP's flag for not broadcasting buffers in every forward (renamed in newer torch).
 
     Encoder buffers (position ids) never change, and a broadcast inside forward would hang
