@@ -74,6 +74,7 @@ def nluft_overrides(args: argparse.Namespace, world_size: int) -> list[str]:
         f"train.max_steps={args.steps}",
         f"train.per_device_train_batch_size={args.batch}",
         "train.eval_strategy='no'",
+        "data.max_eval_samples=64",  # the final evaluation is not measured: keep it short
         f"train.logging_steps={args.steps}",
         f"strategy.name={'ddp' if world_size > 1 else 'single'}",
         "tracking.progress_bar=false",
