@@ -118,6 +118,7 @@ def train(run: Run, state: TrainState) -> TrainState:
     cfg, strategy, plan, tracker = run.cfg, run.strategy, run.plan, run.tracker
     accum = cfg.train.gradient_accumulation_steps
     meter = Meter()
+    strategy.unwrapped().train()  # from_pretrained returns the model in eval mode (no dropout)
     tracker.start(plan.total_steps, state.global_step)
     while not state.finished:
         batches = epoch_batches(run, state.epoch)
