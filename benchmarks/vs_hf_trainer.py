@@ -59,6 +59,11 @@ def run_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
     env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     print(f"# {case} x{nproc}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, check=True, timeout=args.timeout)
+    return read_case(case, nproc, args)
+
+
+def read_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
+    out = args.work / f"{case}-{nproc}"
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     return summarize(case, nproc, args.batch, ranks)
 
@@ -129,8 +134,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per case")
     parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--report-only", action="store_true", help="summarize the cases already in --work"
+    )
     args = parser.parse_args()
-    results = [run_case(case, n, args) for n in args.nproc for case in args.cases]
+    results = [
+        read_case(case, n, args) if args.report_only else run_case(case, n, args)
+        for n in args.nproc
+        for case in args.cases
+        if not args.report_only or any((args.work / f"{case}-{n}").glob("rank-*.json"))
+    ]
     report = table(results) + f"\n\n`nluft --help`: {help_seconds():.2f} s (median of 5)\n"
     print(report)
     if args.markdown:
