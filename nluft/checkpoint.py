@@ -57,7 +57,13 @@ class TrainState:
 # --- run directory -------------------------------------------------------------------------
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, is_main: bool) -> Path:
+def prepare_run_dir(
+    cfg: Config,
+    resume: bool,
+    overwrite: bool,
+    is_main: bool,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
     """Check (and on rank 0 create) the run directory; never reuse one silently."""
     run_dir = Path(cfg.output_dir)
     holds_run = (run_dir / "config.yaml").is_file()
@@ -77,6 +83,7 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, is_main: bool) -
             f"output_dir: {run_dir} is not empty and is not an nluft run (no config.yaml); "
             "choose another output_dir"
         )
+    barrier()  # every rank has checked before rank 0 creates it (else the others would refuse)
     if is_main:
         if holds_run and overwrite:
             shutil.rmtree(run_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from nluft.errors import NluftError
 EXIT_STOPPED = 3  # training stopped on a signal after checkpointing; resume with --resume
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb; `extend` adds more (launch/ adds its verbs)."""
     parser = argparse.ArgumentParser(
         prog="nluft", description="Fine-tune pre-trained language models on NLU tasks."
     )
@@ -52,13 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+
+    export = verbs.add_parser(
+        "export", help="write a run's best/latest checkpoint (or a given one) as a HF folder"
+    )
+    export.add_argument("path", type=Path, help="RUN_DIR or RUN_DIR/checkpoints/step-N")
+    export.add_argument(
+        "--checkpoint",
+        choices=["best", "latest"],
+        default="best",
+        help="which checkpoint of RUN_DIR (default: best, else latest)",
+    )
+    export.add_argument(
+        "--out", type=Path, help="target folder (default: RUN_DIR/export, or export-step-N)"
+    )
+    if extend is not None:
+        extend(verbs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_verb(VERBS[args.verb], args)
+
+
+def run_verb(verb: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call one verb; bad input becomes one line on stderr and exit code 2."""
     try:
-        return VERBS[args.verb](args)
+        return verb(args)
     except NluftError as err:
         print(f"nluft: error: {err}", file=sys.stderr)
         return NluftError.exit_code
@@ -143,7 +166,15 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
-VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict}
+def run_export(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from nluft.export import export_run
+
+    print(f"export: {export_run(args.path, args.checkpoint, args.out)}")
+    return 0
+
+
+VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict, "export": run_export}
 
 
 if __name__ == "__main__":

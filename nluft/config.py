@@ -24,7 +24,7 @@ from pydantic import (
 
 from nluft.errors import NluftError
 
-STRATEGY_NAMES = ("single",)
+STRATEGY_NAMES = ("single", "ddp")
 
 
 class Section(BaseModel):
@@ -99,6 +99,10 @@ class TrainConfig(Section):
 
 class StrategyConfig(Section):
     name: str = "single"
+    # Collective and rendezvous timeout: a rank that dies or hangs fails the job after this long.
+    timeout_s: float = Field(600.0, gt=0)
+    # ddp: set when some parameters get no gradient in a step (costs a graph walk per step).
+    find_unused_parameters: bool = False
 
 
 class ClassificationConfig(Section):

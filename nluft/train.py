@@ -77,7 +77,7 @@ def main(
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
     if not dry_run:
-        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main)
+        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main, strategy.barrier)
     transformers.set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.model)
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
@@ -118,6 +118,7 @@ def train(run: Run, state: TrainState) -> TrainState:
     cfg, strategy, plan, tracker = run.cfg, run.strategy, run.plan, run.tracker
     accum = cfg.train.gradient_accumulation_steps
     meter = Meter()
+    strategy.unwrapped().train()  # from_pretrained returns the model in eval mode (no dropout)
     tracker.start(plan.total_steps, state.global_step)
     while not state.finished:
         batches = epoch_batches(run, state.epoch)

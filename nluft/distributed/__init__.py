@@ -14,6 +14,10 @@ def build_strategy(cfg: Config, env: DistEnv) -> Strategy:
         from nluft.distributed.single import SingleStrategy
 
         return SingleStrategy(cfg, env)
+    if name == "ddp":
+        from nluft.distributed.ddp import DDPStrategy
+
+        return DDPStrategy(cfg, env)
     raise AssertionError(f"strategy {name!r} passed config validation but has no backend")
 
 

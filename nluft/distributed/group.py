@@ -10,15 +10,32 @@ import torch.distributed as dist
 
 from nluft.distributed.base import Strategy
 
+# Whether nluft created the default group: a program that made its own (a notebook, a harness
+# running several jobs in one launch) keeps it after a strategy closes.
+created_here = False
 
-def init_process_group(device: torch.device, timeout_s: float) -> None:
-    """NCCL on GPUs, gloo on CPUs; torchrun's env:// rendezvous; a bounded timeout."""
+
+def init_process_group(
+    device: torch.device, timeout_s: float, world_size: int | None = None
+) -> None:
+    """NCCL on GPUs, gloo on CPUs; torchrun's env:// rendezvous; a bounded timeout.
+
+    `world_size=1` needs no rendezvous: a group of one on an in-memory store, so a distributed
+    strategy also runs as plain `nluft train` (e.g. to resume a 2-rank run on one process).
+    """
+    global created_here
     if dist.is_initialized():
         return
+    created_here = True
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    if world_size == 1:
+        store = dist.HashStore()
+        dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=timeout)
+        return
+    dist.init_process_group(backend=backend, timeout=timeout)
 
 
 class GroupCollectives(Strategy):
@@ -47,5 +64,7 @@ class GroupCollectives(Strategy):
         return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def close(self) -> None:
-        if dist.is_initialized():
+        global created_here
+        if created_here and dist.is_initialized():
             dist.destroy_process_group()
+            created_here = False

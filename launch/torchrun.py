@@ -1,0 +1,187 @@
+"""`nluft launch`: torchrun's own runner with nluft's defaults, running `nluft train` per rank.
+
+Defaults that matter on shared machines and clusters (see PLATFORM_NOTES):
+- c10d rendezvous; on one node its endpoint is 127.0.0.1:0, so the OS picks a free port and two
+  jobs on one machine never collide on 29500;
+- TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: workers get their own store, which makes elastic
+  restarts (`--max-restarts`) reliable;
+- the config is validated before any process starts, so bad input exits 2 at once.
+
+Only the standard library is imported at module level: `nluft --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shlex
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nluft.errors import NluftError
+
+LOCAL_ENDPOINT = "127.0.0.1:0"  # port 0: the rendezvous store binds a free port
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything torchrun needs to know; `torchrun_args` turns it into its command line."""
+
+    nproc_per_node: int
+    nnodes: int
+    node_rank: int
+    rdzv_endpoint: str
+    rdzv_id: str
+    max_restarts: int
+    timeout_s: float
+    train_args: tuple[str, ...]
+
+
+def add_parser(verbs: Any) -> None:
+    """Add the `launch` verb to the `nluft` parser."""
+    launch = verbs.add_parser(
+        "launch",
+        help="train on several processes/nodes with torchrun (strategy.name: ddp, ...)",
+        description="Start `nluft train` on every rank through torchrun's own runner.",
+    )
+    launch.add_argument("config", help="YAML config (see configs/)")
+    launch.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. strategy.name=ddp")
+    launch.add_argument("--nproc-per-node", type=int, default=1, help="ranks on this node")
+    launch.add_argument("--nnodes", type=int, default=1, help="number of nodes (torchrun agents)")
+    launch.add_argument(
+        "--node-rank", type=int, default=0, help="this node's rank; node 0 hosts the rendezvous"
+    )
+    launch.add_argument(
+        "--rdzv-endpoint", help="HOST:PORT on node 0, the same on every node (multi-node)"
+    )
+    launch.add_argument("--rdzv-id", help="job id shared by all nodes (default: from output_dir)")
+    launch.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="restart all ranks up to K times after a failure, resuming from the last checkpoint",
+    )
+    launch.add_argument("--resume", action="store_true", help="continue output_dir's run")
+    launch.add_argument("--overwrite", action="store_true", help="delete output_dir first")
+
+
+def build_plan(args: argparse.Namespace, output_dir: str, timeout_s: float) -> LaunchPlan:
+    """Check the launcher flags against each other; fill in the endpoint and job id."""
+    if args.nproc_per_node < 1:
+        raise NluftError(f"--nproc-per-node: must be at least 1 (got {args.nproc_per_node})")
+    if args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
+        raise NluftError(f"--node-rank: must be in 0..{args.nnodes - 1} for --nnodes {args.nnodes}")
+    if args.max_restarts < 0:
+        raise NluftError(f"--max-restarts: must be 0 or more (got {args.max_restarts})")
+    if args.max_restarts and args.overwrite:
+        raise NluftError(
+            "--overwrite: with --max-restarts every restart would delete the run; "
+            "delete output_dir yourself or choose a new one"
+        )
+    endpoint = args.rdzv_endpoint
+    if endpoint is None:
+        if args.nnodes > 1:
+            raise NluftError(
+                f"--rdzv-endpoint: needed with --nnodes {args.nnodes} "
+                "(HOST:PORT reachable on node 0, the same on every node)"
+            )
+        endpoint = LOCAL_ENDPOINT
+    check_endpoint(endpoint)
+    # Every node must agree on the id without talking: derive it from what they share.
+    rdzv_id = args.rdzv_id or (
+        "nluft-" + hashlib.sha256(f"{endpoint} {output_dir}".encode()).hexdigest()[:12]
+        if args.nnodes > 1
+        else uuid.uuid4().hex
+    )
+    # A restarted rank must continue from the last checkpoint, not refuse the existing run dir.
+    resume = args.resume or args.max_restarts > 0
+    train_args = (
+        args.config,
+        *args.overrides,
+        *(["--resume"] if resume else []),
+        *(["--overwrite"] if args.overwrite else []),
+    )
+    return LaunchPlan(
+        args.nproc_per_node,
+        args.nnodes,
+        args.node_rank,
+        endpoint,
+        rdzv_id,
+        args.max_restarts,
+        timeout_s,
+        train_args,
+    )
+
+
+def check_endpoint(endpoint: str) -> None:
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise NluftError(
+            f"--rdzv-endpoint: expected HOST:PORT, e.g. node0:29400 (got {endpoint!r})"
+        )
+
+
+def torchrun_args(plan: LaunchPlan) -> list[str]:
+    """torchrun's command line for the plan (a pure function; tests compare it to a golden list)."""
+    is_host = int(plan.node_rank == 0)
+    return [
+        f"--nnodes={plan.nnodes}",
+        f"--nproc-per-node={plan.nproc_per_node}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={plan.rdzv_endpoint}",
+        f"--rdzv-id={plan.rdzv_id}",
+        # Node 0 hosts the rendezvous store, explicitly: hostname matching is ambiguous when
+        # several agents share a host.
+        f"--rdzv-conf=join_timeout={int(plan.timeout_s)},is_host={is_host}",
+        f"--max-restarts={plan.max_restarts}",
+        "--module",
+        "nluft",
+        "train",
+        *plan.train_args,
+    ]
+
+
+def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
+    """The same refusal as `nluft train`, before any process starts."""
+    run_dir = Path(output_dir)
+    if resume and overwrite:
+        raise NluftError("--resume and --overwrite contradict each other; pass one")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+        raise NluftError(
+            f"output_dir: {run_dir} already holds a run; pass --resume to continue it, "
+            "--overwrite to replace it, or set output_dir=NEW_DIR"
+        )
+
+
+def run_launch(args: argparse.Namespace) -> int:
+    """Validate, then hand over to torchrun's runner; the exit code says how the ranks ended."""
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_output_dir(cfg.output_dir, args.resume, args.overwrite)
+    plan = build_plan(args, cfg.output_dir, cfg.strategy.timeout_s)
+    argv = torchrun_args(plan)
+    print(f"nluft launch: torchrun {shlex.join(argv)}", file=sys.stderr, flush=True)
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        torchrun.run(torchrun.parse_args(argv))
+    except ChildFailedError as err:
+        codes = {failure.exitcode for failure in err.failures.values()}
+        # One code shared by every failed rank is passed on (2: bad input, 3: stopped on a signal).
+        if len(codes) == 1 and codes <= {2, 3}:
+            return codes.pop()
+        print(err.format_msg(), file=sys.stderr)
+        return 1
+    except SignalException as err:
+        # The agent forwarded the signal; ranks checkpoint on SIGTERM, so --resume continues.
+        print(f"nluft launch: stopped by signal {err.sigval.name}", file=sys.stderr)
+        return 128 + int(err.sigval)
+    return 0

@@ -1,0 +1,101 @@
+"""The launcher's pure parts: torchrun's command line, flag checks, and a fast `nluft --help`."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from launch.cli import main as launch_main
+from launch.torchrun import build_plan, torchrun_args
+from nluft.cli import build_parser
+from nluft.errors import NluftError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    from launch.torchrun import add_parser
+
+    return build_parser(extend=add_parser).parse_args(["launch", *argv])
+
+
+def test_one_node_gets_a_free_port_and_c10d() -> None:
+    plan = build_plan(
+        parse("--nproc-per-node", "2", "cfg.yaml", "strategy.name=ddp"), "runs/x", 600
+    )
+    args = torchrun_args(plan)
+    assert args[:4] == [
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--rdzv-backend=c10d",
+        "--rdzv-endpoint=127.0.0.1:0",
+    ]
+    assert args[5:] == [
+        "--rdzv-conf=join_timeout=600,is_host=1",
+        "--max-restarts=0",
+        "--module",
+        "nluft",
+        "train",
+        "cfg.yaml",
+        "strategy.name=ddp",
+    ]
+    assert "29500" not in " ".join(args)
+
+
+def test_multi_node_shares_a_derived_job_id_and_node_0_hosts() -> None:
+    flags = ["--nnodes", "2", "--rdzv-endpoint", "n1:29400", "cfg.yaml"]
+    node0 = torchrun_args(build_plan(parse(*flags, "--node-rank", "0"), "runs/x", 60))
+    node1 = torchrun_args(build_plan(parse(*flags, "--node-rank", "1"), "runs/x", 60))
+    assert node0[4] == node1[4] and node0[4].startswith("--rdzv-id=nluft-")
+    assert "--rdzv-conf=join_timeout=60,is_host=1" in node0
+    assert "--rdzv-conf=join_timeout=60,is_host=0" in node1
+
+
+def test_restarts_resume_from_the_last_checkpoint() -> None:
+    args = torchrun_args(build_plan(parse("--max-restarts", "2", "cfg.yaml"), "runs/x", 600))
+    assert "--max-restarts=2" in args and args[-1] == "--resume"
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (["--nnodes", "2", "cfg.yaml"], "--rdzv-endpoint"),
+        (
+            ["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1", "cfg.yaml"],
+            "--node-rank",
+        ),
+        (["--rdzv-endpoint", "nohost", "cfg.yaml"], "--rdzv-endpoint"),
+        (["--nproc-per-node", "0", "cfg.yaml"], "--nproc-per-node"),
+        (["--max-restarts", "1", "--overwrite", "cfg.yaml"], "--overwrite"),
+    ],
+)
+def test_bad_flags_name_the_flag(flags: list[str], key: str) -> None:
+    with pytest.raises(NluftError, match=key):
+        build_plan(parse(*flags), "runs/x", 600)
+
+
+def test_launch_with_a_bad_config_exits_2_before_starting_anything(
+    tiny_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert launch_main(["launch", "--nproc-per-node", "2", str(tiny_config), "train.lr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'train.lr'" in err and err.strip().count("\n") == 0
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`nluft --help` stays fast: neither torch nor transformers is imported to print it."""
+    code = (
+        "import sys\n"
+        "from launch.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    for verb in ("train", "eval", "predict", "export", "launch"):
+        assert verb in proc.stdout
