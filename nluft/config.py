@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from nluft.errors import NluftError
 
-STRATEGY_NAMES = ("single",)
+STRATEGY_NAMES = ("single", "deepspeed", "fsdp")
 
 
 class Section(BaseModel):
@@ -86,6 +86,32 @@ class TrainConfig(Section):
 
 class StrategyConfig(Section):
     name: str = "single"
+    # deepspeed only (None = not set, so setting one under another strategy is an error)
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    offload_optimizer: bool | None = None
+    offload_params: bool | None = None
+    deepspeed_config: str | None = None
+    # fsdp only
+    fsdp_cpu_offload: bool | None = None
+    fsdp_reshard_after_forward: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_backend_keys(self) -> StrategyConfig:
+        owners = {"deepspeed": DEEPSPEED_KEYS, "fsdp": FSDP_KEYS}
+        for owner, keys in owners.items():
+            for key in keys:
+                if getattr(self, key) is not None and self.name != owner:
+                    raise ValueError(
+                        f"strategy.{key}: applies only to strategy.name={owner}, "
+                        f"not {self.name!r}; remove it or switch strategy"
+                    )
+        if self.offload_params and (self.zero_stage if self.zero_stage is not None else 2) != 3:
+            raise ValueError("strategy.offload_params: parameter offload needs strategy.zero_stage=3")
+        return self
+
+
+DEEPSPEED_KEYS = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
+FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward")
 
 
 class ClassificationConfig(Section):

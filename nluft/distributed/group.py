@@ -49,3 +49,14 @@ class GroupCollectives(Strategy):
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def ensure_process_group(device: torch.device, timeout_s: float) -> None:
+    """torchrun's group when launched by it, else a one-process group needing no rendezvous."""
+    if dist.is_initialized():
+        return
+    if dist.is_torchelastic_launched():
+        init_process_group(device, timeout_s)
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)

@@ -1,0 +1,198 @@
+"""`strategy.name: deepspeed`: ZeRO 0-3, CPU offload, bf16/fp16, accumulation and clipping.
+
+The only module that imports deepspeed, and only when this backend is built.
+
+Checkpoints are DeepSpeed's own sharded files (`deepspeed/` in the checkpoint directory) plus
+`deepspeed_meta.json`. Resuming on another world size converts them once to a DeepSpeed
+universal checkpoint (`ds_to_universal`) and loads that: model weights, fp32 master weights,
+AdamW moments and the schedule all carry over; nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from nluft.config import Config, Plan
+from nluft.distributed.base import model_state_bytes
+from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_stage
+from nluft.distributed.env import DistEnv
+from nluft.distributed.group import GroupCollectives, ensure_process_group
+from nluft.optim import build_scheduler, param_groups
+
+TAG = "deepspeed"
+META = "deepspeed_meta.json"
+TIMEOUT_S = 1800.0
+
+
+def skip_shm_comm_build() -> None:
+    """DeepSpeed JIT-builds a shared-memory op (minutes) used only for inference all-reduce."""
+    module = importlib.import_module("deepspeed.comm.torch")
+    module.build_shm_op = lambda: None  # type: ignore[attr-defined]
+
+
+class DeepSpeedStrategy(GroupCollectives):
+    """`strategy.name: deepspeed`."""
+
+    name = "deepspeed"
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        super().__init__(cfg, env)
+        self.stage = zero_stage(cfg)
+        self.ds_config = resolve_deepspeed_config(cfg, env.world_size, self.device.type)
+        self.hf_ds_config: Any = None
+        if env.is_distributed:
+            self.init_group()
+
+    def init_group(self) -> None:
+        """The process group, then DeepSpeed's communication layer on top of it."""
+        ensure_process_group(self.device, TIMEOUT_S)
+        import deepspeed
+
+        skip_shm_comm_build()
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"deepspeed_config": self.ds_config}
+
+    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        """ZeRO-3 partitions parameters while `from_pretrained` loads them."""
+        self.init_group()
+        if self.stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # transformers holds only a weak reference: keep it alive for the whole run.
+            self.hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        return contextlib.nullcontext()
+
+    def setup(self, model: torch.nn.Module, plan: Plan) -> None:
+        import deepspeed
+
+        self.init_group()
+        if self.stage != 3:
+            model = model.to(self.device)
+        train = self.cfg.train
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, train),
+            config=self.ds_config,
+            lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, plan),
+        )
+        self.model = self.engine
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        # The engine already holds the model in bf16/fp16; no autocast on top.
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop already divided the loss by the accumulation steps.
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Reduce, clip, update and zero in the engine; it also advances the schedule."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def unwrapped(self) -> torch.nn.Module:
+        return self.engine.module  # type: ignore[no-any-return]
+
+    # --- state -------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag=TAG)
+        if self.env.is_main:
+            meta = {"world_size": self.env.world_size, "zero_stage": self.stage}
+            (path / META).write_text(json.dumps(meta))
+
+    def load(self, path: Path, weights_only: bool = False) -> None:
+        meta = json.loads((path / META).read_text())
+        load_dir, universal = str(path), meta["world_size"] != self.env.world_size
+        if universal and meta["zero_stage"] > 0:
+            load_dir = str(self.universal_checkpoint(path))
+        config = self.engine._config
+        config.load_universal_checkpoint = universal and meta["zero_stage"] > 0
+        try:
+            self.engine.load_checkpoint(
+                load_dir,
+                tag=TAG,
+                load_module_only=weights_only,
+                load_optimizer_states=not weights_only,
+                load_lr_scheduler_states=not weights_only,
+            )
+        finally:
+            config.load_universal_checkpoint = False
+
+    def universal_checkpoint(self, path: Path) -> Path:
+        """Convert a checkpoint from another world size to DeepSpeed's universal format (once)."""
+        out = path.parent / f".universal-{path.name}"
+        if self.env.is_main and not (out / TAG).is_dir():
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            shutil.rmtree(out, ignore_errors=True)
+            args = SimpleNamespace(
+                input_folder=str(path / TAG),
+                output_folder=str(out / TAG),
+                num_extract_workers=1,
+                num_merge_workers=1,
+                keep_temp_folder=False,
+                strict=True,
+                inject_missing_state=False,
+            )
+            ds_to_universal(args)
+            (out / "latest_universal").write_text(TAG)
+        self.barrier()
+        return out
+
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0; ZeRO-3 gathers one parameter at a time, no optimizer state."""
+        if self.stage != 3:
+            if not self.env.is_main:
+                return None
+            return {k: v.detach().float().cpu() for k, v in self.unwrapped().state_dict().items()}
+        import deepspeed
+
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.unwrapped().named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if self.env.is_main:
+                    state[name] = param.detach().float().cpu().clone()
+        if not self.env.is_main:
+            return None
+        for name, buffer in self.unwrapped().named_buffers():
+            state[name] = buffer.detach().cpu().clone()
+        return state
+
+    # --- memory accounting -------------------------------------------------------------------
+
+    def local_numel(self, param: torch.nn.Parameter) -> int:
+        ds_tensor = getattr(param, "ds_tensor", None)
+        return int(ds_tensor.numel()) if ds_tensor is not None else param.numel()
+
+    def memory_report(self) -> dict[str, int]:
+        """ZeRO-1 shards optimizer state, ZeRO-2 also gradients, ZeRO-3 also parameters."""
+        world, stage = self.env.world_size, self.stage
+        params = grads = trainable = 0
+        for param in self.unwrapped().parameters():
+            numel = self.local_numel(param)
+            params += numel * param.element_size()
+            if param.requires_grad:
+                trainable += param.numel()
+                grads += numel * param.element_size() // (world if stage == 2 else 1)
+        optimizer_numel = trainable // world if stage >= 1 else trainable
+        # AdamW moments in fp32, plus the fp32 master copy ZeRO (or 16-bit training) keeps.
+        sixteen_bit = self.ds_config["bf16"]["enabled"] or self.ds_config["fp16"]["enabled"]
+        optimizer = optimizer_numel * (8 + (4 if stage >= 1 or sixteen_bit else 0))
+        return model_state_bytes(params, grads, optimizer)
