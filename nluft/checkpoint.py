@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,13 @@ class TrainState:
 # --- run directory -------------------------------------------------------------------------
 
 
-def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, is_main: bool) -> Path:
+def prepare_run_dir(
+    cfg: Config,
+    resume: bool,
+    overwrite: bool,
+    is_main: bool,
+    barrier: Callable[[], None] = lambda: None,
+) -> Path:
     """Check (and on rank 0 create) the run directory; never reuse one silently."""
     run_dir = Path(cfg.output_dir)
     exists = run_dir.exists() and any(run_dir.iterdir())
@@ -68,6 +75,8 @@ def prepare_run_dir(cfg: Config, resume: bool, overwrite: bool, is_main: bool) -
         raise NluftError(
             f"output_dir: {run_dir} is not an nluft run (no config.yaml); cannot resume"
         )
+    # Every rank checks before rank 0 creates the directory, or the others would see a run there.
+    barrier()
     if is_main:
         if exists and overwrite:
             shutil.rmtree(run_dir)

@@ -106,7 +106,9 @@ class StrategyConfig(Section):
                         f"not {self.name!r}; remove it or switch strategy"
                     )
         if self.offload_params and (self.zero_stage if self.zero_stage is not None else 2) != 3:
-            raise ValueError("strategy.offload_params: parameter offload needs strategy.zero_stage=3")
+            raise ValueError(
+                "strategy.offload_params: parameter offload needs strategy.zero_stage=3"
+            )
         return self
 
 

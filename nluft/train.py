@@ -77,7 +77,7 @@ def main(
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
     if not dry_run:
-        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main)
+        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main, strategy.barrier)
     transformers.set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.model)
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
@@ -360,7 +360,9 @@ def report_memory(strategy: Strategy, tracker: Tracker) -> list[dict[str, int]]:
     """Every rank's bytes of parameters, gradients and optimizer state; rank 0 prints and logs."""
     reports = strategy.all_gather_objects(strategy.memory_report())
     for rank, report in enumerate(reports):
-        sizes = ", ".join(f"{k.removesuffix('_bytes')} {v / 2**20:.2f} MiB" for k, v in report.items())
+        sizes = ", ".join(
+            f"{k.removesuffix('_bytes')} {v / 2**20:.2f} MiB" for k, v in report.items()
+        )
         tracker.info(f"rank {rank} model states: {sizes}")
     return reports
 

@@ -63,11 +63,11 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
         "nluft",
         *args,
     ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
-        raise AssertionError(f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"torchrun {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 

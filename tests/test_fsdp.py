@@ -39,7 +39,13 @@ def runs(
     config = write_config(tmp / "tiny.yaml", model, sentiment_files, cache)
     run_dir = tmp / "fsdp"
     torchrun(
-        2, "train", str(config), *COMMON, *TWO_RANK_BATCH, "strategy.name=fsdp", f"output_dir={run_dir}"
+        2,
+        "train",
+        str(config),
+        *COMMON,
+        *TWO_RANK_BATCH,
+        "strategy.name=fsdp",
+        f"output_dir={run_dir}",
     )
     return SimpleNamespace(
         config=config, reference=reference_run(tmp_path_factory, config), fsdp=run_dir, tmp=tmp

@@ -125,7 +125,7 @@ def parse(override: str) -> dict[str, Any]:
 
 
 def test_offload_params_needs_zero3() -> None:
-    with pytest.raises(NluftError, match="strategy.offload_params: parameter offload needs"):
+    with pytest.raises(NluftError, match=r"strategy\.offload_params: parameter offload needs"):
         config({"strategy": {"name": "deepspeed", "offload_params": True}})
 
 

@@ -54,7 +54,7 @@ class Strategy(ABC):
         return contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
-        """Backend-specific derived settings for --dry-run and plan.json (e.g. the DeepSpeed JSON)."""
+        """Backend-specific derived settings for --dry-run and plan.json (the DeepSpeed JSON)."""
         return {}
 
     def setup_inference(self, model: torch.nn.Module) -> None:

@@ -19,12 +19,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from nluft.config import Config, Plan
 from nluft.distributed.base import model_state_bytes
 from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_stage
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
+from nluft.errors import NluftError
 from nluft.optim import build_scheduler, param_groups
 
 TAG = "deepspeed"
@@ -53,6 +55,11 @@ class DeepSpeedStrategy(GroupCollectives):
 
     def init_group(self) -> None:
         """The process group, then DeepSpeed's communication layer on top of it."""
+        if not dist.is_torchelastic_launched():
+            raise NluftError(
+                "strategy.name: deepspeed runs under torchrun, even for one process: "
+                "python -m torch.distributed.run --nproc_per_node N -m nluft train ..."
+            )
         ensure_process_group(self.device, TIMEOUT_S)
         import deepspeed
 
@@ -107,7 +114,7 @@ class DeepSpeedStrategy(GroupCollectives):
         return float(self.engine.get_lr()[0])
 
     def unwrapped(self) -> torch.nn.Module:
-        return self.engine.module  # type: ignore[no-any-return]
+        return self.engine.module
 
     # --- state -------------------------------------------------------------------------------
 
@@ -149,10 +156,9 @@ class DeepSpeedStrategy(GroupCollectives):
                 num_merge_workers=1,
                 keep_temp_folder=False,
                 strict=True,
-                inject_missing_state=False,
+                inject_missing_state=True,  # no Megatron-style info in a plain HF model
             )
             ds_to_universal(args)
-            (out / "latest_universal").write_text(TAG)
         self.barrier()
         return out
 
@@ -189,7 +195,7 @@ class DeepSpeedStrategy(GroupCollectives):
             numel = self.local_numel(param)
             params += numel * param.element_size()
             if param.requires_grad:
-                trainable += param.numel()
+                trainable += int(getattr(param, "ds_numel", param.numel()))
                 grads += numel * param.element_size() // (world if stage == 2 else 1)
         optimizer_numel = trainable // world if stage >= 1 else trainable
         # AdamW moments in fp32, plus the fp32 master copy ZeRO (or 16-bit training) keeps.

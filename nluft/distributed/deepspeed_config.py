@@ -57,7 +57,7 @@ def build_deepspeed_config(cfg: Config, world_size: int, device_type: str) -> di
                 "eps": train.adam_epsilon,
                 "weight_decay": train.weight_decay,
                 "adam_w_mode": True,
-                # torch's AdamW on the CPU: DeepSpeed's fused/CPU Adam would JIT-compile for minutes.
+                # torch's AdamW on the CPU: DeepSpeed's own Adam ops JIT-compile for minutes.
                 "torch_adam": device_type == "cpu",
             },
         },
@@ -114,7 +114,7 @@ def read_user_config(path: str) -> dict[str, Any]:
 def merge_user_config(
     derived: dict[str, Any], user: dict[str, Any], prefix: str = ""
 ) -> dict[str, Any]:
-    """Derived config plus the user's extra keys; "auto" takes ours, a different value is an error."""
+    """Derived config plus the user's extra keys; "auto" takes ours, another value is an error."""
     merged = dict(derived)
     for key, value in user.items():
         dotted = f"{prefix}{key}"

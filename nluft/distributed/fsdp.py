@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -150,25 +150,25 @@ class FSDPStrategy(GroupCollectives):
         """DCP reads whatever shards this world size needs, whatever world size saved them."""
         assert self.model is not None
         model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_state} if weights_only else {"model": model_state, "optim": optim_state}
+        # dcp.load fills these state dicts in place.
+        state: dict[str, Any] = {"model": model_state}
+        if not weights_only:
+            state["optim"] = optim_state
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
         if weights_only:
-            set_model_state_dict(self.model, state["model"])
+            set_model_state_dict(self.model, model_state)
             return
         set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
+            self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optim_state
         )
         self.scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full weights gathered on rank 0 only (CPU), parameter by parameter; no optimizer state."""
+        """Full weights gathered to the CPU of rank 0 only; no optimizer state."""
         assert self.model is not None
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)
-        return state if self.env.is_main else None
+        return cast(dict[str, torch.Tensor], state) if self.env.is_main else None
 
     def local_numel(self, param: torch.nn.Parameter) -> int:
         if isinstance(param, DTensor):
