@@ -3,9 +3,10 @@
 The only module that imports deepspeed, and only when this backend is built.
 
 Checkpoints are DeepSpeed's own sharded files (`deepspeed/` in the checkpoint directory) plus
-`deepspeed_meta.json`. Resuming on another world size converts them once to a DeepSpeed
-universal checkpoint (`ds_to_universal`) and loads that: model weights, fp32 master weights,
-AdamW moments and the schedule all carry over; nothing is lost.
+`deepspeed_meta.json`. Resuming ZeRO 1-3 on another world size converts them to a DeepSpeed
+universal checkpoint (`ds_to_universal`, in a temporary `.universal-step-N/` beside them) and loads
+that: model weights, fp32 master weights, AdamW moments and the schedule all carry over. ZeRO-0
+files hold the full state and load on any world size as they are.
 """
 
 from __future__ import annotations
@@ -126,14 +127,14 @@ class DeepSpeedStrategy(GroupCollectives):
 
     def load(self, path: Path, weights_only: bool = False) -> None:
         meta = json.loads((path / META).read_text())
-        load_dir, universal = str(path), meta["world_size"] != self.env.world_size
-        if universal and meta["zero_stage"] > 0:
-            load_dir = str(self.universal_checkpoint(path))
+        universal = meta["world_size"] != self.env.world_size and meta["zero_stage"] > 0
+        load_dir = self.universal_checkpoint(path) if universal else path
+        # The engine reads this flag from its config when loading; set only for this load.
         config = self.engine._config
-        config.load_universal_checkpoint = universal and meta["zero_stage"] > 0
+        config.load_universal_checkpoint = universal
         try:
             self.engine.load_checkpoint(
-                load_dir,
+                str(load_dir),
                 tag=TAG,
                 load_module_only=weights_only,
                 load_optimizer_states=not weights_only,
@@ -141,11 +142,15 @@ class DeepSpeedStrategy(GroupCollectives):
             )
         finally:
             config.load_universal_checkpoint = False
+        if universal:
+            self.barrier()
+            if self.env.is_main:
+                shutil.rmtree(load_dir, ignore_errors=True)
 
     def universal_checkpoint(self, path: Path) -> Path:
-        """Convert a checkpoint from another world size to DeepSpeed's universal format (once)."""
+        """Convert a checkpoint from another world size to DeepSpeed's universal format."""
         out = path.parent / f".universal-{path.name}"
-        if self.env.is_main and not (out / TAG).is_dir():
+        if self.env.is_main:
             from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
             shutil.rmtree(out, ignore_errors=True)
