@@ -56,12 +56,13 @@ class DeepSpeedStrategy(GroupCollectives):
 
     def init_group(self) -> None:
         """The process group, then DeepSpeed's communication layer on top of it."""
-        if not dist.is_torchelastic_launched():
+        if not (self.env.is_distributed or dist.is_torchelastic_launched()):
+            # DeepSpeed needs a launcher's environment (LOCAL_RANK...), even for one process.
             raise NluftError(
-                "strategy.name: deepspeed runs under torchrun, even for one process: "
+                "strategy.name: deepspeed runs under a launcher, even for one process: "
                 "python -m torch.distributed.run --nproc_per_node N -m nluft train ..."
             )
-        ensure_process_group(self.device, TIMEOUT_S)
+        ensure_process_group(self.device, TIMEOUT_S, self.env.is_distributed)
         import deepspeed
 
         skip_shm_comm_build()

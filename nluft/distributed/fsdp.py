@@ -62,7 +62,7 @@ class FSDPStrategy(GroupCollectives):
     def __init__(self, cfg: Config, env: DistEnv) -> None:
         super().__init__(cfg, env)
         if env.is_distributed:
-            ensure_process_group(self.device, TIMEOUT_S)
+            ensure_process_group(self.device, TIMEOUT_S, self.env.is_distributed)
 
     def describe(self) -> dict[str, Any]:
         strategy = self.cfg.strategy
@@ -77,7 +77,7 @@ class FSDPStrategy(GroupCollectives):
 
     def setup(self, model: torch.nn.Module, plan: Plan) -> None:
         strategy = self.cfg.strategy
-        ensure_process_group(self.device, TIMEOUT_S)
+        ensure_process_group(self.device, TIMEOUT_S, self.env.is_distributed)
         mesh = init_device_mesh(self.device.type, (self.env.world_size,))
         # Parameters are gathered in the training precision; gradients are reduced in fp32.
         precision = None if self.precision == "fp32" else DTYPES[self.precision]

@@ -51,11 +51,11 @@ class GroupCollectives(Strategy):
             dist.destroy_process_group()
 
 
-def ensure_process_group(device: torch.device, timeout_s: float) -> None:
-    """torchrun's group when launched by it, else a one-process group needing no rendezvous."""
+def ensure_process_group(device: torch.device, timeout_s: float, distributed: bool) -> None:
+    """The launcher's env:// group (torchrun, deepspeed); else one process on a HashStore."""
     if dist.is_initialized():
         return
-    if dist.is_torchelastic_launched():
+    if distributed or dist.is_torchelastic_launched():
         init_process_group(device, timeout_s)
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
