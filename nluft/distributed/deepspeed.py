@@ -173,7 +173,7 @@ class DeepSpeedStrategy(GroupCollectives):
         if self.stage != 3:
             if not self.env.is_main:
                 return None
-            return {k: v.detach().float().cpu() for k, v in self.unwrapped().state_dict().items()}
+            return {k: to_export(v) for k, v in self.unwrapped().state_dict().items()}
         import deepspeed
 
         state: dict[str, torch.Tensor] = {}
@@ -208,3 +208,9 @@ class DeepSpeedStrategy(GroupCollectives):
         sixteen_bit = self.ds_config["bf16"]["enabled"] or self.ds_config["fp16"]["enabled"]
         optimizer = optimizer_numel * (8 + (4 if stage >= 1 or sixteen_bit else 0))
         return model_state_bytes(params, grads, optimizer)
+
+
+def to_export(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy; 16-bit floating weights are saved as fp32 like the single-process export."""
+    tensor = tensor.detach().cpu()
+    return tensor.float() if tensor.is_floating_point() else tensor
