@@ -24,7 +24,7 @@ from pydantic import (
 
 from nluft.errors import NluftError
 
-STRATEGY_NAMES = ("single", "ddp")
+STRATEGY_NAMES = ("single", "ddp", "deepspeed", "fsdp")
 
 
 class Section(BaseModel):
@@ -103,6 +103,34 @@ class StrategyConfig(Section):
     timeout_s: float = Field(600.0, gt=0)
     # ddp: set when some parameters get no gradient in a step (costs a graph walk per step).
     find_unused_parameters: bool = False
+    # deepspeed only (None = not set, so setting one under another strategy is an error)
+    zero_stage: int | None = Field(None, ge=0, le=3)
+    offload_optimizer: bool | None = None
+    offload_params: bool | None = None
+    deepspeed_config: str | None = None
+    # fsdp only
+    fsdp_cpu_offload: bool | None = None
+    fsdp_reshard_after_forward: bool | None = None
+
+    @model_validator(mode="after")
+    def _check_backend_keys(self) -> StrategyConfig:
+        owners = {"deepspeed": DEEPSPEED_KEYS, "fsdp": FSDP_KEYS}
+        for owner, keys in owners.items():
+            for key in keys:
+                if getattr(self, key) is not None and self.name != owner:
+                    raise ValueError(
+                        f"strategy.{key}: applies only to strategy.name={owner}, "
+                        f"not {self.name!r}; remove it or switch strategy"
+                    )
+        if self.offload_params and (self.zero_stage if self.zero_stage is not None else 2) != 3:
+            raise ValueError(
+                "strategy.offload_params: parameter offload needs strategy.zero_stage=3"
+            )
+        return self
+
+
+DEEPSPEED_KEYS = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
+FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward")
 
 
 class ClassificationConfig(Section):

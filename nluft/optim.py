@@ -11,19 +11,23 @@ from nluft.config import Plan, TrainConfig
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_")
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; biases and norm weights get no weight decay (as in the Hugging Face examples)."""
+def param_groups(model: torch.nn.Module, train: TrainConfig) -> list[dict]:
+    """Trainable parameters in two groups: with weight decay, and biases/norms without."""
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if any(key in name for key in NO_DECAY) else decay).append(param)
-    groups = [
+    return [
         {"params": decay, "weight_decay": train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def build_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; biases and norm weights get no weight decay (as in the Hugging Face examples)."""
     return torch.optim.AdamW(
-        groups,
+        param_groups(model, train),
         lr=train.learning_rate,
         betas=(train.adam_beta1, train.adam_beta2),
         eps=train.adam_epsilon,

@@ -84,9 +84,11 @@ def main(
     plan = build_plan(cfg, env.world_size, len(data.features["train"]))
     if dry_run:
         return describe_plan(cfg, strategy, plan, data)
-    model = build_model(cfg.model, task, tokenizer)
+    with strategy.model_init_context():
+        model = build_model(cfg.model, task, tokenizer)
     strategy.setup(model, plan)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
+    memory = report_memory(strategy, tracker)
     run = Run(
         cfg,
         strategy,
@@ -100,7 +102,7 @@ def main(
         StopFlag(),
     )
     if env.is_main:
-        write_plan(run_dir, plan, derived(strategy, data))
+        write_plan(run_dir, plan, {**derived(strategy, data), "memory_per_rank": memory})
     state = resume_state(run) if resume else TrainState()
     try:
         state = train(run, state)
@@ -377,7 +379,19 @@ def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
         "num_examples": {split: len(ds) for split, ds in data.examples.items()},
         "num_features": {split: len(ds) for split, ds in data.features.items()},
         "tokenized_cache": str(data.cache_path),
+        **strategy.describe(),
     }
+
+
+def report_memory(strategy: Strategy, tracker: Tracker) -> list[dict[str, int]]:
+    """Every rank's bytes of parameters, gradients and optimizer state; rank 0 prints and logs."""
+    reports = strategy.all_gather_objects(strategy.memory_report())
+    for rank, report in enumerate(reports):
+        sizes = ", ".join(
+            f"{k.removesuffix('_bytes')} {v / 2**20:.2f} MiB" for k, v in report.items()
+        )
+        tracker.info(f"rank {rank} model states: {sizes}")
+    return reports
 
 
 def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
@@ -388,7 +402,8 @@ def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -
         print(to_yaml(cfg))
         print("# derived")
         for key, value in info.items():
-            print(f"{key}: {value}")
+            shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
+            print(f"{key}: {shown}")
         print(f"warmup_ratio_effective: {plan.warmup_steps / max(1, plan.total_steps):.4f}")
         print(f"epochs_ceil: {math.ceil(plan.num_epochs)}")
     return info

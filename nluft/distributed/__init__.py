@@ -18,6 +18,14 @@ def build_strategy(cfg: Config, env: DistEnv) -> Strategy:
         from nluft.distributed.ddp import DDPStrategy
 
         return DDPStrategy(cfg, env)
+    if name == "deepspeed":
+        from nluft.distributed.deepspeed import DeepSpeedStrategy
+
+        return DeepSpeedStrategy(cfg, env)
+    if name == "fsdp":
+        from nluft.distributed.fsdp import FSDPStrategy
+
+        return FSDPStrategy(cfg, env)
     raise AssertionError(f"strategy {name!r} passed config validation but has no backend")
 
 

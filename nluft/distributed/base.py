@@ -49,6 +49,14 @@ class Strategy(ABC):
     def setup(self, model: torch.nn.Module, plan: Plan) -> None:
         """Place and wrap the model; build the optimizer and schedule for `plan`."""
 
+    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Context in which the model is constructed (ZeRO-3 partitions while loading)."""
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict[str, Any]:
+        """Backend-specific derived settings for --dry-run and plan.json (the DeepSpeed JSON)."""
+        return {}
+
     def setup_inference(self, model: torch.nn.Module) -> None:
         """Place the model for evaluation or prediction only (no optimizer)."""
         self.model = model.to(self.device)
@@ -97,6 +105,25 @@ class Strategy(ABC):
         assert self.model is not None, "setup() first"
         return self.model
 
+    # --- memory accounting -------------------------------------------------------------------
+
+    def local_numel(self, param: torch.nn.Parameter) -> int:
+        """Elements of `param` stored on this rank (sharding backends override)."""
+        return param.numel()
+
+    def memory_report(self) -> dict[str, int]:
+        """Bytes of parameters, gradients and AdamW state held by this rank, from local numel."""
+        params = grads = trainable = 0
+        for param in self.unwrapped().parameters():
+            numel = self.local_numel(param)
+            params += numel * param.element_size()
+            if param.requires_grad:
+                # Gradients match the parameter dtype.
+                grads += numel * param.element_size()
+                trainable += numel
+        # AdamW keeps exp_avg and exp_avg_sq in fp32.
+        return model_state_bytes(params, grads, trainable * 2 * 4)
+
     # --- collectives -------------------------------------------------------------------------
 
     def barrier(self) -> None:
@@ -126,3 +153,13 @@ class Strategy(ABC):
                 yield
         finally:
             model.train()
+
+
+def model_state_bytes(params: int, grads: int, optimizer: int) -> dict[str, int]:
+    """The memory report's record: bytes per kind and their total."""
+    return {
+        "params_bytes": params,
+        "grads_bytes": grads,
+        "optimizer_bytes": optimizer,
+        "total_bytes": params + grads + optimizer,
+    }

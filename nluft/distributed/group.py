@@ -68,3 +68,9 @@ class GroupCollectives(Strategy):
         if created_here and dist.is_initialized():
             dist.destroy_process_group()
             created_here = False
+
+
+def ensure_process_group(device: torch.device, timeout_s: float, distributed: bool) -> None:
+    """The launcher's env:// group (torchrun, deepspeed); else a group of one process."""
+    launched = distributed or dist.is_torchelastic_launched()
+    init_process_group(device, timeout_s, None if launched else 1)

@@ -1,0 +1,215 @@
+"""`strategy.name: deepspeed`: ZeRO 0-3, CPU offload, bf16/fp16, accumulation and clipping.
+
+The only module that imports deepspeed, and only when this backend is built.
+
+Checkpoints are DeepSpeed's own sharded files (`deepspeed/` in the checkpoint directory) plus
+`deepspeed_meta.json`. Resuming ZeRO 1-3 on another world size converts them to a DeepSpeed
+universal checkpoint (`ds_to_universal`, in a temporary `.universal-step-N/` beside them) and loads
+that: model weights, fp32 master weights, AdamW moments and the schedule all carry over. ZeRO-0
+files hold the full state and load on any world size as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from nluft.config import Config, Plan
+from nluft.distributed.base import model_state_bytes
+from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_stage
+from nluft.distributed.env import DistEnv
+from nluft.distributed.group import GroupCollectives, ensure_process_group
+from nluft.errors import NluftError
+from nluft.optim import build_scheduler, param_groups
+
+TAG = "deepspeed"
+META = "deepspeed_meta.json"
+
+
+def skip_shm_comm_build() -> None:
+    """DeepSpeed JIT-builds a shared-memory op (minutes) used only for inference all-reduce."""
+    module = importlib.import_module("deepspeed.comm.torch")
+    module.build_shm_op = lambda: None  # type: ignore[attr-defined]
+
+
+class DeepSpeedStrategy(GroupCollectives):
+    """`strategy.name: deepspeed`."""
+
+    name = "deepspeed"
+
+    def __init__(self, cfg: Config, env: DistEnv) -> None:
+        super().__init__(cfg, env)
+        self.stage = zero_stage(cfg)
+        self.ds_config = resolve_deepspeed_config(cfg, env.world_size, self.device.type)
+        self.hf_ds_config: Any = None
+        if env.is_distributed:
+            self.init_group()
+
+    def init_group(self) -> None:
+        """The process group, then DeepSpeed's communication layer on top of it."""
+        if not (self.env.is_distributed or dist.is_torchelastic_launched()):
+            # DeepSpeed needs a launcher's environment (LOCAL_RANK...), even for one process.
+            raise NluftError(
+                "strategy.name: deepspeed runs under a launcher, even for one process: "
+                "python -m torch.distributed.run --nproc_per_node N -m nluft train ..."
+            )
+        ensure_process_group(self.device, self.cfg.strategy.timeout_s, self.env.is_distributed)
+        import deepspeed
+
+        skip_shm_comm_build()
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"deepspeed_config": self.ds_config}
+
+    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        """ZeRO-3 partitions parameters while `from_pretrained` loads them."""
+        self.init_group()
+        if self.stage == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # transformers holds only a weak reference: keep it alive for the whole run.
+            self.hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        return contextlib.nullcontext()
+
+    def setup(self, model: torch.nn.Module, plan: Plan) -> None:
+        import deepspeed
+
+        self.init_group()
+        if self.stage != 3:
+            model = model.to(self.device)
+        train = self.cfg.train
+        self.engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, train),
+            config=self.ds_config,
+            lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, plan),
+        )
+        self.model = self.engine
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        # The engine already holds the model in bf16/fp16; no autocast on top.
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # The loop already divided the loss by the accumulation steps.
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Reduce, clip, update and zero in the engine; it also advances the schedule."""
+        self.engine.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def unwrapped(self) -> torch.nn.Module:
+        return self.engine.module
+
+    # --- state -------------------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag=TAG)
+        if self.env.is_main:
+            meta = {"world_size": self.env.world_size, "zero_stage": self.stage}
+            (path / META).write_text(json.dumps(meta))
+
+    def load(self, path: Path, weights_only: bool = False) -> None:
+        meta = json.loads((path / META).read_text())
+        universal = meta["world_size"] != self.env.world_size and meta["zero_stage"] > 0
+        load_dir = self.universal_checkpoint(path) if universal else path
+        # The engine reads this flag from its config when loading; set only for this load.
+        config = self.engine._config
+        config.load_universal_checkpoint = universal
+        try:
+            self.engine.load_checkpoint(
+                str(load_dir),
+                tag=TAG,
+                load_module_only=weights_only,
+                load_optimizer_states=not weights_only,
+                load_lr_scheduler_states=not weights_only,
+            )
+        finally:
+            config.load_universal_checkpoint = False
+        if universal:
+            self.barrier()
+            if self.env.is_main:
+                shutil.rmtree(load_dir, ignore_errors=True)
+
+    def universal_checkpoint(self, path: Path) -> Path:
+        """Convert a checkpoint from another world size to DeepSpeed's universal format."""
+        out = path.parent / f".universal-{path.name}"
+        if self.env.is_main:
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            shutil.rmtree(out, ignore_errors=True)
+            args = SimpleNamespace(
+                input_folder=str(path / TAG),
+                output_folder=str(out / TAG),
+                num_extract_workers=1,
+                num_merge_workers=1,
+                keep_temp_folder=False,
+                strict=True,
+                inject_missing_state=True,  # no Megatron-style info in a plain HF model
+            )
+            ds_to_universal(args)
+        self.barrier()
+        return out
+
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full weights on rank 0; ZeRO-3 gathers one parameter at a time, no optimizer state."""
+        if self.stage != 3:
+            if not self.env.is_main:
+                return None
+            return {k: to_export(v) for k, v in self.unwrapped().state_dict().items()}
+        import deepspeed
+
+        state: dict[str, torch.Tensor] = {}
+        for name, param in self.unwrapped().named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if self.env.is_main:
+                    state[name] = param.detach().float().cpu().clone()
+        if not self.env.is_main:
+            return None
+        for name, buffer in self.unwrapped().named_buffers():
+            state[name] = buffer.detach().cpu().clone()
+        return state
+
+    # --- memory accounting -------------------------------------------------------------------
+
+    def local_numel(self, param: torch.nn.Parameter) -> int:
+        ds_tensor = getattr(param, "ds_tensor", None)
+        return int(ds_tensor.numel()) if ds_tensor is not None else param.numel()
+
+    def memory_report(self) -> dict[str, int]:
+        """ZeRO-1 shards optimizer state, ZeRO-2 also gradients, ZeRO-3 also parameters."""
+        world, stage = self.env.world_size, self.stage
+        params = grads = trainable = 0
+        for param in self.unwrapped().parameters():
+            numel = self.local_numel(param)
+            params += numel * param.element_size()
+            if param.requires_grad:
+                trainable += int(getattr(param, "ds_numel", param.numel()))
+                grads += numel * param.element_size() // (world if stage == 2 else 1)
+        optimizer_numel = trainable // world if stage >= 1 else trainable
+        # AdamW moments in fp32, plus the fp32 master copy ZeRO (or 16-bit training) keeps.
+        sixteen_bit = self.ds_config["bf16"]["enabled"] or self.ds_config["fp16"]["enabled"]
+        optimizer = optimizer_numel * (8 + (4 if stage >= 1 or sixteen_bit else 0))
+        return model_state_bytes(params, grads, optimizer)
+
+
+def to_export(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy; 16-bit floating weights are saved as fp32 like the single-process export."""
+    tensor = tensor.detach().cpu()
+    return tensor.float() if tensor.is_floating_point() else tensor
