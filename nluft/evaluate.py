@@ -13,7 +13,7 @@ from nluft.config import Config, load_config
 from nluft.data import build_data
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.loading import ROW_COLUMN
-from nluft.data.sampling import eval_batches
+from nluft.data.sampling import eval_batches, num_eval_steps
 from nluft.distributed import DistEnv, Strategy, build_strategy
 from nluft.errors import NluftError
 from nluft.models import load_exported
@@ -38,13 +38,20 @@ def run_inference(
     loss_sum, count = 0.0, 0
     model = strategy.model
     assert model is not None
+    batches = eval_batches(lengths, batch_size, env.rank, env.world_size)
     with strategy.eval_mode():
-        for indices in eval_batches(lengths, batch_size, env.rank, env.world_size):
+        # Sharded models (ZeRO-3, FSDP) run collectives in every forward, so every rank runs the
+        # same number of batches; a rank with fewer examples repeats one and discards the output.
+        for step in range(num_eval_steps(len(lengths), batch_size, env.world_size)):
+            keep = step < len(batches)
+            indices = batches[step] if keep else (batches[0] if batches else [0])
             batch = collate(features.select_columns(columns)[indices], pad_token_id)
             labels = batch.pop("labels", None)
             batch = {k: v.to(strategy.device) for k, v in batch.items()}
             with strategy.autocast():
                 logits = head_output(model(**batch)).float()
+            if not keep:
+                continue
             if labels is not None:
                 loss_sum += float(task.loss(logits, labels.to(strategy.device))) * len(indices)
                 count += len(indices)

@@ -61,3 +61,11 @@ def test_collate_pads_to_the_longest_in_batch() -> None:
     assert batch["labels"].tolist() == [1, 0]
     tokens = collate({"input_ids": [[5, 6], [8]], "labels": [[1, 2], [3]]}, 0)
     assert tokens["labels"].tolist() == [[1, 2], [3, -100]]
+
+
+def test_every_rank_runs_the_busiest_ranks_number_of_eval_batches() -> None:
+    from nluft.data.sampling import num_eval_steps
+
+    for n, batch, world in [(129, 64, 2), (3, 8, 4), (100, 10, 3), (1, 1, 2)]:
+        counts = [len(eval_batches([5] * n, batch, r, world)) for r in range(world)]
+        assert num_eval_steps(n, batch, world) == max(counts)

@@ -49,6 +49,12 @@ def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
     return padded[rank * per_rank : (rank + 1) * per_rank]
 
 
+def num_eval_steps(num_examples: int, batch_size: int, world_size: int) -> int:
+    """Evaluation batches of the busiest rank (rank 0); every rank runs this many."""
+    per_rank = -(-num_examples // world_size)
+    return -(-per_rank // batch_size)
+
+
 def eval_batches(lengths: Sequence[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
     """This rank's evaluation batches: every `world_size`-th example, no padding, no duplicates.
 
