@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+
+    check = verbs.add_parser(
+        "check-data", help="report data problems before training (exit 1 on errors)"
+    )
+    check.add_argument("config", help="YAML config (see configs/)")
+    check.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.max_length=256")
     return parser
 
 
@@ -143,7 +149,28 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
-VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict}
+def run_check_data(args: argparse.Namespace) -> int:
+    """Print the data report; exit 1 when it holds an error, 0 with warnings only."""
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_libraries()
+    from nluft.data.checks import check_data, format_report
+    from nluft.models import build_tokenizer
+    from nluft.tasks import build_task
+
+    task = build_task(cfg)
+    report = check_data(cfg, task, build_tokenizer(cfg.model, task))
+    print(format_report(report))
+    return 1 if report.num_errors else 0
+
+
+VERBS = {
+    "train": run_train,
+    "eval": run_eval,
+    "predict": run_predict,
+    "check-data": run_check_data,
+}
 
 
 if __name__ == "__main__":
