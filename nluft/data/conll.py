@@ -66,14 +66,12 @@ def split_fields(line: str) -> list[str]:
 def token_and_tag(fields: list[str], tag_column: int, where: str) -> tuple[str, str]:
     """The token (first column) and the tag (column `tag_column`) of one line."""
     index = tag_column if tag_column >= 0 else len(fields) + tag_column
-    if index == 0:
-        raise NluftError(
-            f"{where}: ner.tag_column points at the token column; use 1 or more (or -1)"
-        )
-    if len(fields) < 2 or not 0 < index < len(fields) or not fields[0] or not fields[index]:
+    if len(fields) < 2 or not 0 <= index < len(fields) or not fields[0] or not fields[index]:
         raise NluftError(
             f"{where}: expected 'TOKEN ... TAG' with the tag in column {tag_column} "
             f"(got {' | '.join(fields)!r}); check ner.tag_column and that sentences are "
             "separated by blank lines"
         )
+    if index == 0:
+        raise NluftError(f"{where}: ner.tag_column points at the token column; use 1+ or -1")
     return fields[0], fields[index]

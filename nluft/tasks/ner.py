@@ -265,8 +265,13 @@ def word_windows(sizes: list[int], budget: int, stride: int) -> list[tuple[int, 
         windows.append((start, end))
         if end == len(sizes):
             break
+        # Step back over shared words, but leave room for the next new word (always progress).
         nxt, overlap = end, 0
-        while nxt - 1 > start and overlap + sizes[nxt - 1] <= stride:
+        while (
+            nxt - 1 > start
+            and overlap + sizes[nxt - 1] <= stride
+            and overlap + sizes[nxt - 1] + sizes[end] <= budget
+        ):
             nxt -= 1
             overlap += sizes[nxt]
         start = nxt
