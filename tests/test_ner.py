@@ -262,12 +262,11 @@ def test_invalid_transitions_per_scheme() -> None:
 @pytest.fixture(scope="module")
 def trained_ner(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("ner-e2e")
-    files = {
-        split: write_conll(
-            tmp / f"{split}.conll", tagged_sentences(n, seed), sep="\t" if seed == 2 else " "
-        )
-        for split, n, seed in (("train", 160, 1), ("validation", 30, 2), ("test", 30, 3))
-    }
+    files = {}
+    for split, n, seed in (("train", 120, 1), ("validation", 20, 2), ("test", 30, 3)):
+        sentences = tagged_sentences(n, seed)
+        sentences.append(sentences[0] + sentences[1] + sentences[2])  # longer than max_length
+        files[split] = write_conll(tmp / f"{split}.conll", sentences, "\t" if seed == 2 else " ")
     config = ner_config(
         tmp,
         tiny_model_dir,
