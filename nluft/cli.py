@@ -68,6 +68,12 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     export.add_argument(
         "--out", type=Path, help="target folder (default: RUN_DIR/export, or export-step-N)"
     )
+
+    check = verbs.add_parser(
+        "check-data", help="report data problems before training (exit 1 on errors)"
+    )
+    check.add_argument("config", help="YAML config (see configs/)")
+    check.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.max_length=256")
     if extend is not None:
         extend(verbs)
     return parser
@@ -174,7 +180,29 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict, "export": run_export}
+def run_check_data(args: argparse.Namespace) -> int:
+    """Print the data report; exit 1 when it holds an error, 0 with warnings only."""
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_libraries()
+    from nluft.data.checks import check_data, format_report
+    from nluft.models import build_tokenizer
+    from nluft.tasks import build_task
+
+    task = build_task(cfg)
+    report = check_data(cfg, task, build_tokenizer(cfg.model, task))
+    print(format_report(report))
+    return 1 if report.num_errors else 0
+
+
+VERBS = {
+    "train": run_train,
+    "eval": run_eval,
+    "predict": run_predict,
+    "check-data": run_check_data,
+    "export": run_export,
+}
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ class DataConfig(Section):
     test_file: str | None = None
     dataset_name: str | None = None
     dataset_config_name: str | None = None
-    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = "auto"
+    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll"] = "auto"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -139,6 +139,18 @@ class ClassificationConfig(Section):
     class_weights: list[float] | Literal["balanced"] | None = None
 
 
+class NerConfig(Section):
+    """Token classification: tag scheme, columns, sub-token labels, windows, seqeval mode."""
+
+    tag_scheme: Literal["BIO", "IOB1", "BIOES"] = "BIO"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    tag_column: int = -1  # CoNLL: which whitespace-separated column holds the tag (-1 = last)
+    label_all_subtokens: bool = False  # every sub-token labelled (B- turned into I-)
+    strict: bool = False  # seqeval strict mode: entities must follow the scheme exactly
+    stride: int = Field(16, ge=0)  # sub-tokens shared by consecutive windows of long sentences
+
+
 class TrackingConfig(Section):
     progress_bar: bool = True
 
@@ -152,6 +164,7 @@ class Config(Section):
     strategy: StrategyConfig = StrategyConfig()
     tracking: TrackingConfig = TrackingConfig()
     classification: ClassificationConfig = ClassificationConfig()
+    ner: NerConfig = NerConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -160,6 +173,11 @@ class Config(Section):
             raise ValueError("set data.train_file or data.dataset_name")
         if data.train_file and data.dataset_name:
             raise ValueError("set only one of data.train_file and data.dataset_name")
+        if self.task == "ner" and self.ner.stride > data.max_length // 2:
+            raise ValueError(
+                f"ner.stride ({self.ner.stride}) must be at most half of data.max_length "
+                f"({data.max_length}) so that windows advance; lower ner.stride"
+            )
         if self.strategy.name not in STRATEGY_NAMES:
             raise ValueError(
                 f"strategy.name: unknown strategy {self.strategy.name!r}; "

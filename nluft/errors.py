@@ -15,10 +15,12 @@ class NluftError(ValueError):
 class ExampleError(ValueError):
     """A bad example found by a task; the data layer turns it into `NluftError` with file:line.
 
-    `row` is the example's position in the batch or split that was being processed.
+    `row` is the example's position in the batch or split that was being processed; `token`
+    (optional) the offending token, so line-per-token files (CoNLL) can name its exact line.
     """
 
-    def __init__(self, row: int, message: str) -> None:
+    def __init__(self, row: int, message: str, token: int | None = None) -> None:
         super().__init__(message)
         self.row = row
         self.message = message
+        self.token = token

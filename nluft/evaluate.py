@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 
 from nluft.config import Config, load_config
-from nluft.data import build_data
+from nluft.data import build_data, encode_split
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.loading import ROW_COLUMN
 from nluft.data.sampling import eval_batches, num_eval_steps
@@ -132,13 +132,8 @@ def predict_run(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, 
     """Predictions with label names and scores for raw records (columns as in the config)."""
     cfg, strategy, task, tokenizer = load_for_inference(run_dir, [])
     examples = Dataset.from_list(records).add_column(ROW_COLUMN, list(range(len(records))))
-    features = examples.map(
-        lambda batch, idx: {**task.encode(batch, tokenizer), "example_id": idx},
-        batched=True,
-        with_indices=True,
-        remove_columns=examples.column_names,
-    )
-    features = features.map(lambda row: {"length": len(row["input_ids"])})
+    # The same encoding as training data: an example may become several features (windows).
+    features = encode_split(task, tokenizer, examples, "predict", {"predict": "--input"})
     logits, _ = run_inference(
         strategy,
         task,

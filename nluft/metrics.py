@@ -67,3 +67,52 @@ def multilabel_scores(
         scores[f"{name}/f1"] = f1s[-1]
     scores["macro_f1"] = float(np.mean(f1s)) if f1s else 0.0
     return scores
+
+
+SEQEVAL_SCHEMES = {"BIO": "IOB2", "IOB1": "IOB1", "BIOES": "IOBES"}
+
+
+def entity_scores(
+    refs: Sequence[Sequence[str]],
+    preds: Sequence[Sequence[str]],
+    tag_scheme: str = "BIO",
+    strict: bool = False,
+) -> dict[str, float]:
+    """Entity-level micro precision/recall/F1, macro F1, token accuracy, and per-type scores.
+
+    seqeval's default mode reads chunks like conlleval (an I- after O starts an entity); strict
+    mode counts only entities that follow `tag_scheme` exactly.
+    """
+    import seqeval.scheme
+    from seqeval.metrics import accuracy_score, classification_report
+
+    options: dict = {
+        "mode": "strict",
+        "scheme": getattr(seqeval.scheme, SEQEVAL_SCHEMES[tag_scheme]),
+    }
+    report = classification_report(
+        [list(r) for r in refs],
+        [list(p) for p in preds],
+        output_dict=True,
+        zero_division=0,
+        **(options if strict else {}),
+    )
+    micro = report.pop("micro avg")
+    report.pop("weighted avg")
+    report.pop("macro avg")
+    scores = {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "accuracy": float(accuracy_score([list(r) for r in refs], [list(p) for p in preds]))
+        if any(refs)
+        else 0.0,
+    }
+    per_type = {name: float(row["f1-score"]) for name, row in report.items()}
+    scores["macro_f1"] = float(np.mean(list(per_type.values()))) if per_type else 0.0
+    for name, row in sorted(report.items()):
+        scores[f"{name}/precision"] = float(row["precision"])
+        scores[f"{name}/recall"] = float(row["recall"])
+        scores[f"{name}/f1"] = float(row["f1-score"])
+        scores[f"{name}/support"] = float(row["support"])
+    return scores

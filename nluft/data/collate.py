@@ -11,7 +11,9 @@ LABEL_PAD = -100  # ignored by cross-entropy (token-level labels)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def collate(columns: dict[str, list[Any]], pad_token_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+def collate(
+    columns: dict[str, list[Any]], pad_token_id: int, multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
     """Tensors for the model inputs and labels of one batch, right-padded to its longest row."""
     longest = max(len(ids) for ids in columns["input_ids"])
     longest = -(-longest // multiple_of) * multiple_of
@@ -21,7 +23,9 @@ def collate(columns: dict[str, list[Any]], pad_token_id: int, multiple_of: int =
             batch[key] = pad(columns[key], longest, pad_token_id if key == "input_ids" else 0)
     if "labels" in columns:
         labels = columns["labels"]
-        batch["labels"] = pad(labels, longest, LABEL_PAD) if is_token_labels(labels) else torch.tensor(labels)
+        batch["labels"] = (
+            pad(labels, longest, LABEL_PAD) if is_token_labels(labels) else torch.tensor(labels)
+        )
     return batch
 
 

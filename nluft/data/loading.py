@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
 
-from nluft.config import DataConfig
+from nluft.config import DataConfig, NerConfig
+from nluft.data.conll import LINE_COLUMN, read_conll
 from nluft.errors import NluftError
 
 SPLITS = ("train", "validation", "test")
@@ -17,10 +20,16 @@ FORMATS = {
     ".json": "json",
     ".jsonl": "jsonl",
     ".parquet": "parquet",
+    ".conll": "conll",
 }
 BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
 ROW_COLUMN = "_row"
-SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation", "eval": "validation"}
+SPLIT_ALIASES = {
+    "dev": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "eval": "validation",
+}
 
 
 def file_format(path: str, configured: str) -> str:
@@ -35,12 +44,14 @@ def file_format(path: str, configured: str) -> str:
     return fmt
 
 
-def read_file(path: str, data: DataConfig) -> Dataset:
+def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Dataset:
     """One local data file as a Dataset; parse problems name the file."""
     fmt = file_format(path, data.file_format)
     kwargs = {"delimiter": "\t"} if fmt == "tsv" else {}
     if Path(path).stat().st_size == 0:
         raise NluftError(f"{path}: file is empty")
+    if fmt == "conll":
+        return read_conll(path, ner or NerConfig())
     try:
         loaded = datasets.load_dataset(
             BUILDERS[fmt], data_files={"split": path}, split="split", **kwargs
@@ -88,7 +99,16 @@ def line_of(source: str, row: int) -> str:
     return f"{source} (example {row})"
 
 
-def load_raw_splits(data: DataConfig) -> tuple[DatasetDict, dict[str, str]]:
+def location(source: str, example: Mapping[str, Any], token: int | None = None) -> str:
+    """`file:line` of an example, or of one of its tokens in a line-per-token file (CoNLL)."""
+    if LINE_COLUMN in example:
+        return f"{source}:{example[LINE_COLUMN] + (token or 0)}"
+    return line_of(source, example[ROW_COLUMN])
+
+
+def load_raw_splits(
+    data: DataConfig, ner: NerConfig | None = None
+) -> tuple[DatasetDict, dict[str, str]]:
     """Train/validation/test splits and, for each, the file it came from (for error messages).
 
     Missing validation/test splits are cut from train with a seeded split.
@@ -98,7 +118,7 @@ def load_raw_splits(data: DataConfig) -> tuple[DatasetDict, dict[str, str]]:
         sources = {split: f"{data.dataset_name}[{split}]" for split in splits}
     else:
         files = {s: getattr(data, f"{s}_file") for s in SPLITS if getattr(data, f"{s}_file")}
-        splits = DatasetDict({split: read_file(path, data) for split, path in files.items()})
+        splits = DatasetDict({split: read_file(path, data, ner) for split, path in files.items()})
         sources = dict(files)
     if "train" not in splits:
         raise NluftError(f"data.dataset_name: {data.dataset_name!r} has no 'train' split")

@@ -31,7 +31,10 @@ def train_batches(
         size = global_batch * MEGABATCH_MULT
         lens = np.asarray(lengths)
         order = np.concatenate(
-            [mega[np.argsort(-lens[mega], kind="stable")] for mega in np.split(order, range(size, len(order), size))]
+            [
+                mega[np.argsort(-lens[mega], kind="stable")]
+                for mega in np.split(order, range(size, len(order), size))
+            ]
         )
     batches = [order[i : i + global_batch].tolist() for i in range(0, len(order), global_batch)]
     if group_by_length:
@@ -55,7 +58,9 @@ def num_eval_steps(num_examples: int, batch_size: int, world_size: int) -> int:
     return -(-per_rank // batch_size)
 
 
-def eval_batches(lengths: Sequence[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+def eval_batches(
+    lengths: Sequence[int], batch_size: int, rank: int, world_size: int
+) -> list[list[int]]:
     """This rank's evaluation batches: every `world_size`-th example, no padding, no duplicates.
 
     Sorted by length so batches pad little; predictions are put back in order by index.

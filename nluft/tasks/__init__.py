@@ -9,9 +9,11 @@ from nluft.config import Config
 from nluft.errors import NluftError
 from nluft.tasks.base import MODEL_KINDS, Task
 from nluft.tasks.classification import ClassificationTask
+from nluft.tasks.ner import NerTask
 
 TASKS: dict[str, Callable[[Config], Task]] = {
     "classification": ClassificationTask,
+    "ner": NerTask,
 }
 
 

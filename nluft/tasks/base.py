@@ -20,11 +20,17 @@ MODEL_KINDS = {
 
 @dataclass(frozen=True)
 class Finding:
-    """One problem `nluft check-data` reports; `where` is `file:line` or a split name."""
+    """One problem `nluft check-data` reports; `where` is `file:line` or a split name.
+
+    A task's `check` may name the split as `where` plus the example's `row` in it (and a `token`);
+    the data layer then turns that into the file and line.
+    """
 
     level: Literal["error", "warning"]
     where: str
     message: str
+    row: int | None = None
+    token: int | None = None
 
 
 class Task(Protocol):

@@ -13,6 +13,7 @@ from datasets import ClassLabel, Dataset, Sequence
 from nluft.config import Config
 from nluft.errors import ExampleError
 from nluft.metrics import classification_scores, multilabel_scores
+from nluft.tasks.base import Finding
 
 
 class ClassificationTask:
@@ -37,6 +38,11 @@ class ClassificationTask:
             cols["data.text_pair_column"] = self.data.text_pair_column
         cols["data.label_column"] = self.data.label_column
         return cols
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns that make up the model input (duplicate checks compare these)."""
+        return [col for key, col in self.columns.items() if key != "data.label_column"]
 
     # --- labels ------------------------------------------------------------------------------
 
@@ -82,6 +88,27 @@ class ClassificationTask:
                         f"{split}: label {name!r} is not in the label set {self.label_names} "
                         "(labels come from the training data or data.label_names)",
                     )
+
+    def check(self, split: str, examples: Dataset, tokenizer: Any) -> list[Finding]:
+        """Empty labels and labels outside the label set, each at its example."""
+        known, column = set(self.label_names), self.data.label_column
+        findings = []
+        for row, value in enumerate(examples[column]):
+            if value is None:
+                findings.append(
+                    Finding("error", split, f"empty label in column {column!r}", row=row)
+                )
+                continue
+            for name in self.names_of(value):
+                if name not in known:
+                    message = f"label {name!r} is not in the label set {self.label_names}"
+                    findings.append(Finding("error", split, message, row=row))
+        return findings
+
+    def label_counts(self, examples: Dataset) -> dict[str, int]:
+        """Examples per label name (the distribution check-data reports)."""
+        values = [v for v in examples[self.data.label_column] if v is not None]
+        return dict(Counter(name for value in values for name in self.names_of(value)))
 
     def build_class_weights(self, train: Dataset) -> torch.Tensor | None:
         weights = self.options.class_weights
