@@ -34,7 +34,7 @@ def end_marker(role: str) -> str:
 
 
 class RelationTask:
-    """`task: relation`. Labels are relation names; micro-F1 leaves out `relation.negative_label`."""
+    """`task: relation`. Labels are relation names; micro-F1 leaves out relation.negative_label."""
 
     name = "relation"
     model_kind = "entity_marker_classification"
@@ -84,7 +84,7 @@ class RelationTask:
         self.entity_types = sorted({str(s["type"]) for s in spans if s.get("type")})
 
     def marker_tokens(self) -> list[str]:
-        """Special tokens the tokenizer needs: untyped markers always, typed ones per entity type."""
+        """Special tokens to add: untyped markers always, typed ones per entity type."""
         tokens = []
         for role in ROLES:
             tokens += [start_marker(role), end_marker(role)]
@@ -146,7 +146,7 @@ class RelationTask:
         ]
         markers = {vocab[t] for t in self.marker_tokens() if t in vocab}
         encoded = [fit_length(text, tokenizer, self.data.max_length, markers) for text in texts]
-        features = {key: [enc[key] for enc in encoded] for key in encoded[0]}
+        features: dict[str, list[Any]] = {key: [enc[key] for enc in encoded] for key in encoded[0]}
         if self.data.label_column in examples:  # absent when predicting on raw text
             features["labels"] = [
                 self.label_names.index(str(v)) for v in examples[self.data.label_column]
@@ -177,7 +177,7 @@ class RelationTask:
                 name: round(float(p), 6) for name, p in zip(self.label_names, probs, strict=True)
             }
             label = self.label_names[pred]
-            out.append({"relation": label, "score": scores[label], "scores": scores})
+            out.append({"label": label, "score": scores[label], "scores": scores})
         return out
 
 
@@ -205,7 +205,7 @@ def span_problem(text: Any, subject: Any, obj: Any) -> str | None:
 def insert_markers(
     text: str, subject: dict[str, Any], obj: dict[str, Any], vocab: Mapping[str, int]
 ) -> str:
-    """The text with start/end markers around both spans (typed when the tokenizer knows the type)."""
+    """The text with start/end markers around both spans (typed if the tokenizer has the type)."""
     edits = []
     for role, span in (("subject", subject), ("object", obj)):
         typed = start_marker(role, span.get("type"))
