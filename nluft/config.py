@@ -46,7 +46,9 @@ class DataConfig(Section):
     test_file: str | None = None
     dataset_name: str | None = None
     dataset_config_name: str | None = None
-    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll"] = "auto"
+    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "squad"] = (
+        "auto"
+    )
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -151,6 +153,23 @@ class NerConfig(Section):
     stride: int = Field(16, ge=0)  # sub-tokens shared by consecutive windows of long sentences
 
 
+class QAConfig(Section):
+    """Extractive QA: sliding windows over long contexts and answer decoding (as HF run_qa)."""
+
+    doc_stride: int = Field(128, ge=1)
+    max_answer_length: int = Field(30, ge=1)
+    n_best_size: int = Field(20, ge=1)
+    null_score_diff_threshold: float = 0.0
+    version_2_with_negative: bool = False
+
+
+class RelationConfig(Section):
+    """Relation extraction: the label scored as "no relation" and how entities are marked."""
+
+    negative_label: str | None = "no_relation"
+    typed_markers: bool = True
+
+
 class TrackingConfig(Section):
     progress_bar: bool = True
 
@@ -165,6 +184,8 @@ class Config(Section):
     tracking: TrackingConfig = TrackingConfig()
     classification: ClassificationConfig = ClassificationConfig()
     ner: NerConfig = NerConfig()
+    qa: QAConfig = QAConfig()
+    relation: RelationConfig = RelationConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:

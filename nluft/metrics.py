@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import string
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
+
+PUNCTUATION = frozenset(string.punctuation)
 
 
 def confusion_matrix(preds: Sequence[int], refs: Sequence[int], num_labels: int) -> np.ndarray:
@@ -115,4 +120,89 @@ def entity_scores(
         scores[f"{name}/recall"] = float(row["recall"])
         scores[f"{name}/f1"] = float(row["f1-score"])
         scores[f"{name}/support"] = float(row["support"])
+    return scores
+
+
+# --- extractive QA: the official SQuAD v1.1 / v2.0 evaluation ------------------------------
+
+SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation and the articles a/an/the, collapse whitespace (official)."""
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    return " ".join(SQUAD_ARTICLES.sub(" ", text).split())
+
+
+def squad_exact(gold: str, pred: str) -> int:
+    return int(normalize_answer(gold) == normalize_answer(pred))
+
+
+def squad_f1(gold: str, pred: str) -> float:
+    """Token-overlap F1 of normalised answers; an empty side scores 1 only if both are empty."""
+    gold_tokens, pred_tokens = normalize_answer(gold).split(), normalize_answer(pred).split()
+    if not gold_tokens or not pred_tokens:
+        return float(gold_tokens == pred_tokens)
+    same = sum((Counter(gold_tokens) & Counter(pred_tokens)).values())
+    if same == 0:
+        return 0.0
+    return f1_from(same / len(pred_tokens), same / len(gold_tokens))
+
+
+def squad_scores(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """Exact match and F1 in percent (max over gold answers), with HasAns/NoAns breakdowns.
+
+    A question without gold answers (SQuAD v2.0) has the gold answer "", as in the official script.
+    """
+    exact, f1, has_answer = [], [], []
+    for pred, golds in zip(predictions, references, strict=True):
+        texts = [g for g in golds if normalize_answer(g)] or [""]
+        exact.append(max(squad_exact(g, pred) for g in texts))
+        f1.append(max(squad_f1(g, pred) for g in texts))
+        has_answer.append(bool(golds))
+    scores = {"exact_match": percent(exact), "f1": percent(f1), "total": float(len(exact))}
+    for name, wanted in (("HasAns", True), ("NoAns", False)):
+        part = [i for i, has in enumerate(has_answer) if has == wanted]
+        if part:
+            scores[f"{name}_exact"] = percent([exact[i] for i in part])
+            scores[f"{name}_f1"] = percent([f1[i] for i in part])
+            scores[f"{name}_total"] = float(len(part))
+    return scores
+
+
+def percent(values: Sequence[float]) -> float:
+    return 100.0 * float(np.mean(values)) if len(values) else 0.0
+
+
+# --- relation extraction ---------------------------------------------------------------------
+
+
+def relation_scores(
+    preds: Sequence[int], refs: Sequence[int], label_names: Sequence[str], negative: str | None
+) -> dict[str, float]:
+    """Micro P/R/F1 over the relations other than `negative` (TACRED-style), per-relation P/R/F1.
+
+    A prediction counts as correct only if it names the gold relation and that relation is not the
+    negative label; predicting the negative label is never a positive.
+    """
+    neg = label_names.index(negative) if negative in label_names else -1
+    preds_a, refs_a = np.asarray(preds, dtype=np.int64), np.asarray(refs, dtype=np.int64)
+    correct = (preds_a == refs_a) & (refs_a != neg)
+    micro_p = safe_div(correct.sum(), (preds_a != neg).sum())
+    micro_r = safe_div(correct.sum(), (refs_a != neg).sum())
+    scores = {
+        "micro_precision": micro_p,
+        "micro_recall": micro_r,
+        "micro_f1": f1_from(micro_p, micro_r),
+        "accuracy": float((preds_a == refs_a).mean()) if len(refs_a) else 0.0,
+    }
+    for i, name in enumerate(label_names):
+        if i == neg:
+            continue
+        hit = float(((preds_a == i) & (refs_a == i)).sum())
+        p, r = safe_div(hit, (preds_a == i).sum()), safe_div(hit, (refs_a == i).sum())
+        scores[f"{name}/precision"], scores[f"{name}/recall"] = p, r
+        scores[f"{name}/f1"], scores[f"{name}/support"] = f1_from(p, r), float((refs_a == i).sum())
     return scores

@@ -72,6 +72,8 @@ def is_byte_level(tokenizer: Any) -> bool:
 
 def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module:
     """The pre-trained backbone with a freshly initialised head sized for the task's labels."""
+    if task.model_kind == "entity_marker_classification":
+        return build_entity_marker_model(cfg, task, tokenizer)
     auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
     labels = task.label_names
     extra: dict[str, Any] = {}
@@ -101,8 +103,10 @@ def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module
 
 def load_exported(path: str | Path, task: Task) -> tuple[torch.nn.Module, Any]:
     """Model and tokenizer from a run's export (or any fine-tuned checkpoint folder)."""
-    auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
     tokenizer = load_tokenizer(str(path), task)
+    if task.model_kind == "entity_marker_classification":
+        return EntityMarkerModel.from_export(path), tokenizer
+    auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
     model = auto_class.from_pretrained(str(path), use_safetensors=True)
     return model, tokenizer
 
@@ -110,3 +114,91 @@ def load_exported(path: str | Path, task: Task) -> tuple[torch.nn.Module, Any]:
 def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+# --- relation extraction: a head on the entity-start markers ----------------------------------
+
+
+def build_entity_marker_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module:
+    """Pre-trained encoder (embeddings grown for the marker tokens) + a new marker-pair head."""
+    name = resolve_model_path(cfg.name_or_path)
+    try:
+        encoder = transformers.AutoModel.from_pretrained(
+            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
+    if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:
+        encoder.resize_token_embeddings(len(tokenizer))
+    config = encoder.config
+    labels = task.label_names
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.architectures = ["EntityMarkerModel"]
+    for key, value in task.model_config(tokenizer).items():  # type: ignore[attr-defined]
+        setattr(config, key, value)
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return EntityMarkerModel(config, encoder)
+
+
+class EntityMarkerModel(transformers.PreTrainedModel):
+    """Any encoder + a linear classifier on [subject-start; object-start] marker hidden states.
+
+    The marker token ids live in the config (`subject_marker_ids`, `object_marker_ids`), so the
+    exported folder reloads with `EntityMarkerModel.from_pretrained` and needs no extra inputs; a
+    sequence without a marker (cut by truncation) falls back to position 0 ([CLS]).
+    """
+
+    config_class = transformers.PretrainedConfig
+    base_model_prefix = "encoder"
+    # Attention runs inside the wrapped encoder, which already chose its implementation.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: Any, encoder: torch.nn.Module | None = None) -> None:
+        super().__init__(config)
+        self.encoder = (
+            encoder if encoder is not None else transformers.AutoModel.from_config(config)
+        )
+        dropout = getattr(config, "hidden_dropout_prob", None) or 0.1
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(2 * config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Only the new head: the encoder keeps its pre-trained (or loaded) weights.
+        if module is self.classifier:
+            std = getattr(self.config, "initializer_range", 0.02)
+            torch.nn.init.normal_(module.weight, std=std)
+            torch.nn.init.zeros_(module.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any
+    ) -> transformers.modeling_outputs.SequenceClassifierOutput:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs)[0]
+        pair = torch.cat(
+            [
+                marker_states(hidden, input_ids, self.config.subject_marker_ids),
+                marker_states(hidden, input_ids, self.config.object_marker_ids),
+            ],
+            dim=-1,
+        )
+        logits = self.classifier(self.dropout(pair))
+        return transformers.modeling_outputs.SequenceClassifierOutput(logits=logits)
+
+    @classmethod
+    def from_export(cls, path: str | Path) -> EntityMarkerModel:
+        """Reload a fine-tuned export (config.json names the backbone type)."""
+        config = transformers.AutoConfig.from_pretrained(str(path))
+        return cls.from_pretrained(str(path), config=config, use_safetensors=True)
+
+
+def marker_states(hidden: torch.Tensor, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """Hidden state at the first occurrence of any of `ids` in each row (position 0 if none)."""
+    found = torch.isin(input_ids, torch.as_tensor(ids, device=input_ids.device))
+    position = found.int().argmax(dim=1)  # 0 when absent
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), position]

@@ -42,6 +42,9 @@ def build_data(
     check_columns(task, examples, sources)
     with located(examples, sources, "train"):
         task.prepare(examples)
+    extend_tokenizer = getattr(task, "extend_tokenizer", None)
+    if extend_tokenizer is not None:  # e.g. relation's entity markers; every rank, before encoding
+        extend_tokenizer(tokenizer)
     path = Path(cfg.data.cache_dir) / "tokenized" / cache_key(cfg, task, tokenizer, examples)
     hit = (path / "dataset_dict.json").is_file()
     if is_main and not hit:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from datasets import Dataset, DatasetDict
 
 from nluft.config import DataConfig, NerConfig
 from nluft.data.conll import LINE_COLUMN, read_conll
+from nluft.data.squad import SquadError, is_squad_file, read_squad
 from nluft.errors import NluftError
 
 SPLITS = ("train", "validation", "test")
@@ -35,6 +37,8 @@ SPLIT_ALIASES = {
 def file_format(path: str, configured: str) -> str:
     if configured != "auto":
         return configured
+    if Path(path).suffix.lower() == ".json" and is_squad_file(path):
+        return "squad"
     fmt = FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise NluftError(
@@ -52,17 +56,40 @@ def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Data
         raise NluftError(f"{path}: file is empty")
     if fmt == "conll":
         return read_conll(path, ner or NerConfig())
+    if fmt == "squad":
+        try:
+            return read_squad(path, ROW_COLUMN)
+        except SquadError as err:
+            raise NluftError(f"{path}: {err}") from None
     try:
         loaded = datasets.load_dataset(
             BUILDERS[fmt], data_files={"split": path}, split="split", **kwargs
         )
     except Exception as err:  # datasets raises many types; the user needs the file and the cause
+        if fmt in ("json", "jsonl"):
+            check_json_lines(path)  # names the bad line when there is one
         cause = str(err.__cause__ or err).strip().splitlines()
         raise NluftError(f"{path}: cannot read as {fmt}: {cause[-1] if cause else err}") from None
     assert isinstance(loaded, Dataset)
     if len(loaded) == 0:
         raise NluftError(f"{path}: no examples in file")
     return loaded
+
+
+def check_json_lines(path: str) -> None:
+    """Name the first line of a JSON Lines file that is not a JSON object."""
+    if Path(path).read_text(encoding="utf-8", errors="replace").lstrip().startswith("["):
+        return  # a JSON array document, not JSON Lines
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise NluftError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise NluftError(f"{path}:{number}: expected a JSON object per line")
 
 
 def read_named(data: DataConfig) -> DatasetDict:
@@ -94,7 +121,7 @@ def line_of(source: str, row: int) -> str:
     suffix = Path(source).suffix.lower()
     if suffix in (".csv", ".tsv"):
         return f"{source}:{row + 2}"
-    if suffix == ".jsonl":
+    if suffix == ".jsonl" or is_squad_file(source):  # SQuAD rows hold the question's line
         return f"{source}:{row + 1}"
     return f"{source} (example {row})"
 

@@ -10,9 +10,13 @@ from nluft.errors import NluftError
 from nluft.tasks.base import MODEL_KINDS, Task
 from nluft.tasks.classification import ClassificationTask
 from nluft.tasks.ner import NerTask
+from nluft.tasks.qa import QATask
+from nluft.tasks.relation import RelationTask
 
 TASKS: dict[str, Callable[[Config], Task]] = {
     "classification": ClassificationTask,
+    "qa": QATask,
+    "relation": RelationTask,
     "ner": NerTask,
 }
 

@@ -15,6 +15,8 @@ MODEL_KINDS = {
     "sequence_classification": "AutoModelForSequenceClassification",
     "token_classification": "AutoModelForTokenClassification",
     "question_answering": "AutoModelForQuestionAnswering",
+    # Relation extraction's head on entity-marker states; nluft.models builds it itself.
+    "entity_marker_classification": "EntityMarkerModel",
 }
 
 

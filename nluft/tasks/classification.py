@@ -28,6 +28,7 @@ class ClassificationTask:
         self.multi_label = cfg.classification.multi_label
         self.default_metric = "micro_f1" if self.multi_label else "accuracy"
         self.label_names: list[str] = []
+        self.id_names: list[str] = []  # ClassLabel names when the label column stores ids
         self.class_weights: torch.Tensor | None = None
 
     @property
@@ -49,6 +50,8 @@ class ClassificationTask:
     def prepare(self, splits: Mapping[str, Dataset]) -> None:
         train = splits["train"]
         feature = train.features[self.data.label_column]
+        inner = getattr(feature, "feature", feature)  # Sequence(ClassLabel) for multi-label
+        self.id_names = list(inner.names) if isinstance(inner, ClassLabel) else []
         if self.data.label_names:
             self.label_names = list(self.data.label_names)
         elif isinstance(feature, ClassLabel):
@@ -71,8 +74,13 @@ class ClassificationTask:
         if self.multi_label:
             if isinstance(value, str):
                 return [part.strip() for part in value.split(",") if part.strip()]
-            return [str(v) for v in (value or [])]
-        return [str(value)]
+            return [self.name_of(v) for v in (value or [])]
+        return [self.name_of(value)]
+
+    def name_of(self, value: Any) -> str:
+        if self.id_names and isinstance(value, int) and 0 <= value < len(self.id_names):
+            return self.id_names[value]
+        return str(value)
 
     def check_labels(self, split: str, dataset: Dataset) -> None:
         known = set(self.label_names)
