@@ -65,6 +65,13 @@ def prepare_run_dir(
     barrier: Callable[[], None] = lambda: None,
 ) -> Path:
     """Check (and on rank 0 create) the run directory; never reuse one silently."""
+    run_dir = check_run_dir(cfg, resume, overwrite)
+    create_run_dir(cfg, overwrite, is_main, barrier)
+    return run_dir
+
+
+def check_run_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """Refuse to reuse or replace a run directory unless asked; writes nothing."""
     run_dir = Path(cfg.output_dir)
     holds_run = (run_dir / "config.yaml").is_file()
     # `nluft submit` puts the job script and Slurm logs in RUN_DIR/slurm before training starts.
@@ -83,13 +90,20 @@ def prepare_run_dir(
             f"output_dir: {run_dir} is not empty and is not an nluft run (no config.yaml); "
             "choose another output_dir"
         )
+    return run_dir
+
+
+def create_run_dir(
+    cfg: Config, overwrite: bool, is_main: bool, barrier: Callable[[], None] = lambda: None
+) -> None:
+    """Rank 0 creates (with --overwrite: replaces) the run directory and saves the config."""
+    run_dir = Path(cfg.output_dir)
     barrier()  # every rank has checked before rank 0 creates it (else the others would refuse)
     if is_main:
-        if holds_run and overwrite:
+        if (run_dir / "config.yaml").is_file() and overwrite:
             shutil.rmtree(run_dir)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         write_atomic(run_dir / "config.yaml", to_yaml(cfg))
-    return run_dir
 
 
 def write_plan(run_dir: Path, plan: Plan, extra: dict[str, Any]) -> None:

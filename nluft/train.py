@@ -21,8 +21,9 @@ import transformers
 from nluft.checkpoint import (
     Checkpointer,
     TrainState,
+    check_run_dir,
+    create_run_dir,
     export_model,
-    prepare_run_dir,
     write_atomic,
     write_plan,
 )
@@ -77,7 +78,8 @@ def main(
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
     if not dry_run:
-        run_dir = prepare_run_dir(cfg, resume, overwrite, env.is_main, strategy.barrier)
+        # Check now, create only once data and model are good: bad input leaves the dir untouched.
+        run_dir = check_run_dir(cfg, resume, overwrite)
     transformers.set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.model, task)
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
@@ -87,6 +89,7 @@ def main(
     with strategy.model_init_context():
         model = build_model(cfg.model, task, tokenizer)
     strategy.setup(model, plan)
+    create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
     memory = report_memory(strategy, tracker)
     run = Run(

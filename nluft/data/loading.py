@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
 import json
 from pathlib import Path
 from typing import Any
@@ -62,9 +64,10 @@ def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Data
         except SquadError as err:
             raise NluftError(f"{path}: {err}") from None
     try:
-        loaded = datasets.load_dataset(
-            BUILDERS[fmt], data_files={"split": path}, split="split", **kwargs
-        )
+        with quiet_datasets():  # it logs its own error line before raising; we report one line
+            loaded = datasets.load_dataset(
+                BUILDERS[fmt], data_files={"split": path}, split="split", **kwargs
+            )
     except Exception as err:  # datasets raises many types; the user needs the file and the cause
         if fmt in ("json", "jsonl"):
             check_json_lines(path)  # names the bad line when there is one
@@ -74,6 +77,17 @@ def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Data
     if len(loaded) == 0:
         raise NluftError(f"{path}: no examples in file")
     return loaded
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    logger = logging.getLogger("datasets")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def check_json_lines(path: str) -> None:
@@ -154,6 +168,12 @@ def load_raw_splits(
     for split in ("test", "validation"):
         pct = getattr(data, f"{split}_split_percentage")
         if split not in splits and pct > 0:
+            if len(splits["train"]) * pct / remaining < 1 or len(splits["train"]) < 3:
+                raise NluftError(
+                    f"{sources['train']}: {len(splits['train'])} examples are too few to cut a "
+                    f"{pct:g}% {split} split; give data.{split}_file or set "
+                    f"data.{split}_split_percentage=0"
+                )
             cut = splits["train"].train_test_split(test_size=pct / remaining, seed=data.split_seed)
             splits["train"], splits[split] = cut["train"], cut["test"]
             sources[split] = sources["train"]
