@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+
+    report = verbs.add_parser("report", help="print a run's metrics table and plot its curves")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/report.png)")
     return parser
 
 
@@ -143,7 +147,14 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
-VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict}
+def run_report(args: argparse.Namespace) -> int:
+    from nluft.report import report
+
+    print(report(args.run_dir, args.out), flush=True)
+    return 0
+
+
+VERBS = {"train": run_train, "eval": run_eval, "predict": run_predict, "report": run_report}
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.evaluate import evaluate_split, head_output
+from nluft.hardware import describe_hardware
 from nluft.models import build_model, build_tokenizer
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
@@ -101,11 +102,14 @@ def main(
     )
     if env.is_main:
         write_plan(run_dir, plan, derived(strategy, data))
+    hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
+    tracker.open(cfg, run_facts(strategy, plan, data), hardware)
     state = resume_state(run) if resume else TrainState()
     try:
         state = train(run, state)
         if run.stop.requested and not state.finished:
             tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
+            tracker.log(state.global_step, "event", {"event": "stopped"})
             return {"stopped_at_step": state.global_step}
         return finish(run, state)
     finally:
@@ -312,6 +316,8 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
             if strategy.env.is_main:
                 save_results(run, split, metrics, predictions)
     export_dir = export_model(strategy, run.tokenizer, run.run_dir / "export")
+    best = {"best_step": state.best_step, "best_metric": state.best_metric}
+    run.tracker.summarize(results, {**best, "global_step": state.global_step}, export_dir)
     if strategy.env.is_main:
         keys = [
             k
@@ -340,6 +346,7 @@ def save_results(run: Run, split: str, metrics: dict[str, float], predictions: l
             "matrix": matrix.tolist(),
         }
         write_atomic(out / f"{split}_confusion_matrix.json", json.dumps(payload))
+        run.tracker.log_confusion_matrix(split, run.task.label_names, matrix.tolist())
 
 
 def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
@@ -351,6 +358,13 @@ def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
         "num_features": {split: len(ds) for split, ds in data.features.items()},
         "tokenized_cache": str(data.cache_path),
     }
+
+
+def run_facts(strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
+    """What the tracker records about a run besides its config: plan, backend, Slurm job."""
+    env = strategy.env
+    slurm = {k: v for k, v in env.__dict__.items() if k.startswith("slurm_")}
+    return {**plan.__dict__, **derived(strategy, data), **slurm}
 
 
 def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
