@@ -248,7 +248,7 @@ def choose_mode(requested: str, environ: Mapping[str, str]) -> tuple[str, str | 
     # Without a key wandb would prompt for one; a batch job would wait forever. Go offline.
     return "offline", (
         "W&B: no API key (WANDB_API_KEY or ~/.netrc), so logging offline instead of prompting; "
-        "run `wandb login` once, then `wandb sync` the run's wandb/ folder"
+        "run `wandb login` once to be able to upload it"
     )
 
 
