@@ -65,7 +65,8 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> str:
 
 def fmt(value: Any) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"{value:.4f}"
+        # Counts (support) read as integers; rates and losses with 4 decimals.
+        return f"{value:.0f}" if float(value).is_integer() and abs(value) > 1 else f"{value:.4f}"
     return "-" if value is None else str(value)
 
 
@@ -76,6 +77,14 @@ def series(records: list[dict[str, Any]], kind: str, key: str) -> tuple[list[int
         if r["kind"] == kind and isinstance(r.get(key), int | float) and math.isfinite(r[key])
     ]
     return [s for s, _ in points], [v for _, v in points]
+
+
+def curve_names(records: list[dict[str, Any]]) -> list[str]:
+    """Validation metrics worth a curve: aggregates (no per-class `a/b` keys), no counts."""
+    keys = dict.fromkeys(k for r in records if r["kind"] == "eval/validation" for k in r)
+    skip = ("step", "kind", "time", "loss")
+    names = [k for k in keys if k not in skip and "/" not in k and "support" not in k]
+    return names[:MAX_METRIC_CURVES]
 
 
 def write_plot(records: list[dict[str, Any]], best_step: int | None, title: str, out: Path) -> None:
@@ -93,11 +102,7 @@ def write_plot(records: list[dict[str, Any]], best_step: int | None, title: str,
     loss, metrics, lr, speed = axes.flat
     loss.plot(*series(records, "train", "loss"), label="train", linewidth=1)
     loss.plot(*series(records, "eval/validation", "loss"), "o-", label="validation")
-    names = [
-        k
-        for k in dict.fromkeys(k for r in records if r["kind"] == "eval/validation" for k in r)
-        if k not in ("step", "kind", "time", "loss")
-    ][:MAX_METRIC_CURVES]
+    names = curve_names(records)
     for name in names:
         metrics.plot(*series(records, "eval/validation", name), "o-", label=name)
     lr.plot(*series(records, "train", "learning_rate"))
@@ -133,7 +138,9 @@ def report(run_dir: Path, out: Path | None = None) -> str:
         lines += ["no final results yet (the run is still training or was stopped)", ""]
     evals = {r["step"]: r for r in records if r["kind"] == "eval/validation"}
     if best_step is not None and best_step in evals:
-        lines.append(f"best validation step: {best_step} (metric {fmt(state.get('best_metric'))})")
+        lines.append(
+            f"best validation step: {best_step} (best metric {fmt(state.get('best_metric'))})"
+        )
         best = {k: v for k, v in evals[best_step].items() if k not in ("step", "kind", "time")}
         lines += [metrics_table({f"step {best_step}": best}), ""]
     elif evals:
