@@ -423,3 +423,50 @@ def test_bad_wandb_config_names_the_key(tmp_path: Path, override: str, expected:
     with pytest.raises(NluftError, match=expected.replace("(", r"\(")) as err:
         validate(raw, "cfg.yaml")
     assert "\n" not in str(err.value)
+
+
+def test_after_a_hard_kill_wandb_skips_steps_it_already_has(tmp_path: Path) -> None:
+    """A requeue without SIGTERM replays steps 11-12 from checkpoint 10; W&B gets each once."""
+    from nluft.tracking import Tracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb_run_id").write_text("hardkill1\n")
+    lines = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, 13)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    tracker = Tracker(run_dir, is_main=True, progress_bar=False)
+    tracker.open(tracking_config(tmp_path), {"world_size": 1})
+    tracker.log(10, "event", {"event": "resume", "checkpoint": "step-00000010"})
+    for step in (11, 12, 13, 14):
+        tracker.log(step, "train", {"loss": 0.5})
+    tracker.log(14, "final/test", {"accuracy": 1.0})
+    tracker.close()
+    [segment] = [Segment.read(p) for p in run_dir.glob("wandb/offline-run-*/run-*.wandb")]
+    assert segment.run.run_id == "hardkill1"
+    assert segment.steps("train/loss") == [13, 14]
+    assert segment.steps("event/resume") == [13] and segment.steps("final/test/accuracy") == [14]
+    replayed = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert replayed[12:] == [10, 11, 12, 13, 14, 14], "metrics.jsonl keeps every record"
+
+
+def test_memory_and_mfu_sample() -> None:
+    from nluft.hardware import Hardware
+
+    gpu_like = Hardware("cpu", "NVIDIA H100 80GB HBM3", 989e12, 6 * 110e6)
+    sample = gpu_like.sample(tokens_per_s=2.0e5, world_size=2)
+    assert sample["mfu"] == pytest.approx(2.0e5 * 6 * 110e6 / (2 * 989e12))
+    assert 0 < sample["rss_gb"] < 64
+    assert "mfu" not in Hardware("cpu", "x86_64", None, 1.0).sample(1.0, 1)
+
+
+def test_dist_env_reads_the_slurm_job() -> None:
+    from nluft.distributed.env import read_dist_env
+
+    env = read_dist_env({**SLURM, "SLURM_RESTART_COUNT": "2", "RANK": "1", "WORLD_SIZE": "2"})
+    assert (env.slurm_job_id, env.slurm_array_job_id, env.slurm_array_task_id) == (
+        "4242",
+        "4240",
+        "2",
+    )
+    assert (env.slurm_restart_count, env.slurm_node_list, env.rank) == (2, "n[1-2]", 1)
+    assert read_dist_env({}).slurm_restart_count == 0, "unset before the first requeue"
