@@ -37,7 +37,8 @@ def read_results(run_dir: Path) -> dict[str, dict[str, float]]:
     """Final metrics per split from results/<split>.json (validation first)."""
     results = {}
     for path in sorted((run_dir / "results").glob("*.json"), key=lambda p: p.stem != "validation"):
-        if not path.stem.endswith("_confusion_matrix"):
+        # results/train.json holds whole-run throughput, not metrics of a train split.
+        if not path.stem.endswith("_confusion_matrix") and path.stem != "train":
             results[path.stem] = json.loads(path.read_text(encoding="utf-8"))
     return results
 
@@ -136,6 +137,10 @@ def report(run_dir: Path, out: Path | None = None) -> str:
         lines += ["final metrics", metrics_table(results), ""]
     else:
         lines += ["no final results yet (the run is still training or was stopped)", ""]
+    speed = run_dir / "results" / "train.json"
+    if speed.is_file():
+        items = json.loads(speed.read_text(encoding="utf-8")).items()
+        lines += ["training: " + ", ".join(f"{k} {fmt(v)}" for k, v in items), ""]
     evals = {r["step"]: r for r in records if r["kind"] == "eval/validation"}
     if best_step is not None and best_step in evals:
         lines.append(
