@@ -6,6 +6,8 @@
     RUN_DIR/checkpoints/step-000120/ strategy files + trainer_state.json + rng-R.pt + MANIFEST.json
     RUN_DIR/export/                  Hugging Face model + tokenizer (safetensors)
     RUN_DIR/results/                 final metrics per split, confusion matrix
+    RUN_DIR/wandb_run_id, wandb/     with W&B on: the run's id (reused on resume) and its files
+    RUN_DIR/report.png               written by `nluft report`
 
 A checkpoint is written into `checkpoints/.tmp-step-N`, fsynced, given a manifest of file sizes
 and SHA-256 sums, then renamed into place; a directory without a valid manifest is never loaded.

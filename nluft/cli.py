@@ -74,6 +74,10 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     check.add_argument("config", help="YAML config (see configs/)")
     check.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.max_length=256")
+
+    report = verbs.add_parser("report", help="print a run's metrics table and plot its curves")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/report.png)")
     if extend is not None:
         extend(verbs)
     return parser
@@ -172,6 +176,13 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
     return records
 
 
+def run_report(args: argparse.Namespace) -> int:
+    from nluft.report import report
+
+    print(report(args.run_dir, args.out), flush=True)
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.export import export_run
@@ -202,6 +213,7 @@ VERBS = {
     "predict": run_predict,
     "check-data": run_check_data,
     "export": run_export,
+    "report": run_report,
 }
 
 

@@ -170,8 +170,23 @@ class RelationConfig(Section):
     typed_markers: bool = True
 
 
+class WandbConfig(Section):
+    """Weights & Biases; only rank 0 starts a run, and its id lives in RUN_DIR/wandb_run_id."""
+
+    enabled: bool = False
+    project: str = Field("nluft", min_length=1, max_length=128, pattern=r"^[^/\\#?%:]+$")
+    entity: str | None = None
+    group: str | None = Field(None, max_length=128)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    name: str | None = None
+    # online falls back to offline when no API key is found; nothing ever waits for a prompt.
+    mode: Literal["online", "offline", "disabled"] = "online"
+    log_model: bool = False
+
+
 class TrackingConfig(Section):
     progress_bar: bool = True
+    wandb: WandbConfig = WandbConfig()
 
 
 class Config(Section):

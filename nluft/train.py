@@ -33,6 +33,7 @@ from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.evaluate import evaluate_split, head_output
+from nluft.hardware import describe_hardware
 from nluft.models import build_model, build_tokenizer
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
@@ -107,11 +108,14 @@ def main(
     if env.is_main:
         write_plan(run_dir, plan, {**derived(strategy, data), "memory_per_rank": memory})
         report_windowed(tracker, data)
+    hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
+    tracker.open(cfg, run_facts(strategy, plan, data), hardware)
     state = resume_state(run) if resume else TrainState()
     try:
         state = train(run, state)
         if run.stop.requested and not state.finished:
             tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
+            tracker.log(state.global_step, "event", {"event": "stopped"})
             return {"stopped_at_step": state.global_step}
         return finish(run, state)
     finally:
@@ -152,8 +156,11 @@ def train(run: Run, state: TrainState) -> TrainState:
             paused = time.perf_counter()
             if eval_due(cfg, state, len(batches) // accum):
                 evaluate_and_track(run, state)
-            if save_due(cfg, state, len(batches) // accum) or run.strategy.any_rank(
-                run.stop.requested
+            new_best = state.best_step == state.global_step  # load_best_model_at_end needs it
+            if (
+                save_due(cfg, state, len(batches) // accum)
+                or new_best
+                or run.strategy.any_rank(run.stop.requested)
             ):
                 run.checkpointer.save(state)
                 tracker.log(state.global_step, "event", {"event": "checkpoint"})
@@ -324,6 +331,8 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
             if strategy.env.is_main:
                 save_results(run, split, metrics, predictions)
     export_dir = export_model(strategy, run.tokenizer, run.run_dir / "export")
+    best = {"best_step": state.best_step, "best_metric": state.best_metric}
+    run.tracker.summarize(results, {**best, "global_step": state.global_step}, export_dir)
     if strategy.env.is_main:
         speed = throughput(state, strategy.env.world_size)
         (run.run_dir / "results").mkdir(exist_ok=True)
@@ -373,6 +382,7 @@ def save_results(run: Run, split: str, metrics: dict[str, float], predictions: l
             "matrix": matrix.tolist(),
         }
         write_atomic(out / f"{split}_confusion_matrix.json", json.dumps(payload))
+        run.tracker.log_confusion_matrix(split, run.task.label_names, matrix.tolist())
 
 
 def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
@@ -408,6 +418,13 @@ def report_windowed(tracker: Tracker, data: TaskData) -> None:
                 f"{split}: {count} of {len(data.examples[split])} examples are longer than "
                 "data.max_length and were split into overlapping windows"
             )
+
+
+def run_facts(strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
+    """What the tracker records about a run besides its config: plan, backend, Slurm job."""
+    env = strategy.env
+    slurm = {k: v for k, v in env.__dict__.items() if k.startswith("slurm_")}
+    return {**plan.__dict__, **derived(strategy, data), **slurm}
 
 
 def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:

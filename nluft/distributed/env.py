@@ -15,6 +15,12 @@ class DistEnv:
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
+    # Slurm's view of the job (None outside Slurm): recorded by the tracker, never used for ranks.
+    slurm_job_id: str | None = None
+    slurm_array_job_id: str | None = None
+    slurm_array_task_id: str | None = None
+    slurm_restart_count: int = 0
+    slurm_node_list: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -26,11 +32,20 @@ class DistEnv:
 
 
 def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE as torchrun sets them (default: 1 process)."""
+    """RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE as torchrun sets them (default: 1 process).
+
+    Also the Slurm job id, array job and task ids, restart count (unset before the first
+    requeue) and node list, so that a requeued or array job can be identified.
+    """
     env = os.environ if environ is None else environ
     return DistEnv(
         rank=int(env.get("RANK", 0)),
         local_rank=int(env.get("LOCAL_RANK", 0)),
         world_size=int(env.get("WORLD_SIZE", 1)),
         local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)),
+        slurm_job_id=env.get("SLURM_JOB_ID"),
+        slurm_array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
+        slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
+        slurm_restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
+        slurm_node_list=env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"),
     )

@@ -1,0 +1,88 @@
+"""What the hardware does for a run: memory in use and model FLOPs utilisation (MFU).
+
+MFU = achieved model FLOPs / (the devices' dense peak at the run's precision). Model FLOPs per
+trained token are taken as 6 x (parameters outside the input embedding), the usual estimate for a
+forward and backward pass; attention score FLOPs are left out, so MFU reads slightly low.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Dense (no sparsity) peak TFLOP/s per device from the vendors' datasheets: (16-bit tensor core,
+# plain fp32 without TF32, whether bf16 runs on tensor cores). Patterns are matched in order
+# against torch.cuda.get_device_name(), so longer names come before their prefixes.
+PEAK_TFLOPS: tuple[tuple[str, float, float, bool], ...] = (
+    (r"\bGH200\b", 989.0, 67.0, True),
+    (r"\bH200\b", 989.0, 67.0, True),
+    (r"\bH100 PCIe\b", 756.0, 51.0, True),
+    (r"\bH100 NVL\b", 835.0, 60.0, True),
+    (r"\bH100\b", 989.0, 67.0, True),
+    (r"\bA100\b", 312.0, 19.5, True),
+    (r"\bL40S\b", 362.0, 91.6, True),
+    (r"\bL4\b", 121.0, 30.3, True),
+    (r"\bA10\b", 125.0, 31.2, True),
+    (r"\bV100\b", 125.0, 15.7, False),
+    (r"\bT4\b", 65.0, 8.1, False),
+)
+
+
+def peak_flops(device_name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of one device at `precision`; None when the device is not in the table."""
+    for pattern, half, fp32, has_bf16 in PEAK_TFLOPS:
+        if re.search(pattern, device_name):
+            if precision == "fp32":
+                return fp32 * 1e12
+            if precision == "bf16" and not has_bf16:
+                return None
+            return half * 1e12
+    return None
+
+
+def flops_per_token(model: Any) -> float:
+    """Training FLOPs per token: 6 x parameters outside the input embedding (whole model)."""
+    # ZeRO-3 leaves an empty tensor per parameter and keeps the full size in `ds_numel`.
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is not None:
+        total -= getattr(embedding.weight, "ds_numel", embedding.weight.numel())
+    return 6.0 * total
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The device a rank trains on, its peak, and the model's FLOPs per token."""
+
+    device: str
+    device_name: str
+    peak_flops: float | None
+    flops_per_token: float
+
+    def sample(self, tokens_per_s: float | None, world_size: int) -> dict[str, float]:
+        """Memory now (GPU max allocated when on CUDA, process RSS always) and MFU when known."""
+        import psutil
+
+        out = {"rss_gb": psutil.Process().memory_info().rss / 2**30}
+        if self.device.startswith("cuda"):
+            import torch
+
+            out["gpu_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.peak_flops and tokens_per_s is not None:
+            out["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * world_size)
+        return out
+
+
+def describe_hardware(device: Any, precision: str, model: Any) -> Hardware:
+    """The `Hardware` of a model placed on `device` (a torch.device) for a run in `precision`."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine() or device.type
+    peak = peak_flops(name, precision) if device.type == "cuda" else None
+    return Hardware(str(device), name, peak, flops_per_token(model))
