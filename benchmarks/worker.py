@@ -134,7 +134,7 @@ def run_hf(args: argparse.Namespace) -> None:
         # run_glue's defaults: pad to 128, no length grouping
         train_sampling_strategy="random" if pad128 else "group_by_length",
         use_cpu=True,  # else, under torchrun on CPU, the Trainer silently trains world size 1
-        ddp_backend="gloo",
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         ddp_find_unused_parameters=False,  # nluft does not search for unused parameters either
         average_tokens_across_devices=False,
         eval_strategy="no",
