@@ -13,15 +13,15 @@ run: $(STAMP) $(ASSETS)
 	$(BIN)/nluft train configs/sentiment.yaml output_dir=$(RUN_DIR)
 
 test: $(STAMP) $(ASSETS)
-	$(BIN)/ruff check nluft launch tests
-	$(BIN)/ruff format --check nluft launch tests
+	$(BIN)/ruff check nluft launch tests benchmarks
+	$(BIN)/ruff format --check nluft launch tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix nluft launch tests
-	$(BIN)/ruff format nluft launch tests
+	$(BIN)/ruff check --fix nluft launch tests benchmarks
+	$(BIN)/ruff format nluft launch tests benchmarks
 
 assets: $(ASSETS)
 

