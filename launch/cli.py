@@ -7,15 +7,21 @@ here and hands every other verb back to nluft.cli.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from launch import torchrun
+from launch import submit, torchrun
 from nluft import cli
 
-LAUNCH_VERBS = {"launch": torchrun.run_launch}
+LAUNCH_VERBS = {"launch": torchrun.run_launch, "submit": submit.run_submit}
+
+
+def add_verbs(verbs: Any) -> None:
+    torchrun.add_parser(verbs)
+    submit.add_parser(verbs)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.build_parser(extend=torchrun.add_parser).parse_args(argv)
+    args = cli.build_parser(extend=add_verbs).parse_args(argv)
     verb = LAUNCH_VERBS.get(args.verb) or cli.VERBS[args.verb]
     return cli.run_verb(verb, args)
 

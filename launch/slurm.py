@@ -114,7 +114,7 @@ def render_script(
 ) -> str:
     """The complete sbatch script for this config and layout."""
     check_layout(cfg, opts)
-    run_dir = Path(cfg.output_dir)
+    run_dir = workdir / cfg.output_dir  # an absolute output_dir stays as it is
     array = bool(opts.array_overrides)
     run_ref = (
         f"{shlex.quote(str(run_dir))}/$SLURM_ARRAY_TASK_ID" if array else shlex.quote(str(run_dir))

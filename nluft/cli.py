@@ -78,6 +78,12 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     report = verbs.add_parser("report", help="print a run's metrics table and plot its curves")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/report.png)")
+
+    sweep = verbs.add_parser(
+        "sweep-summary", help="rank the runs of a sweep by a validation metric"
+    )
+    sweep.add_argument("sweep_dir", type=Path, help="folder holding one run dir per sweep point")
+    sweep.add_argument("--metric", help="validation metric (default: the run's best-model metric)")
     if extend is not None:
         extend(verbs)
     return parser
@@ -183,6 +189,14 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep_summary(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from nluft.report import sweep_summary
+
+    print(sweep_summary(args.sweep_dir, args.metric), flush=True)
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.export import export_run
@@ -214,6 +228,7 @@ VERBS = {
     "check-data": run_check_data,
     "export": run_export,
     "report": run_report,
+    "sweep-summary": run_sweep_summary,
 }
 
 

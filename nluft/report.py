@@ -154,3 +154,57 @@ def report(run_dir: Path, out: Path | None = None) -> str:
     write_plot(records, best_step, str(run_dir.resolve().name), out)
     lines.append(f"plot: {out}")
     return "\n".join(lines)
+
+
+def sweep_summary(sweep_dir: Path, metric: str | None = None) -> str:
+    """Rank the runs under `sweep_dir` (e.g. one per Slurm array index) by a validation metric."""
+    from nluft.config import load_config
+    from nluft.tasks import build_task
+
+    runs = sorted(p for p in sweep_dir.iterdir() if (p / "config.yaml").is_file())
+    if not runs:
+        raise NluftError(f"{sweep_dir}: no run directories (with config.yaml) inside")
+    configs = {
+        run: flatten(load_config(run / "config.yaml").model_dump(mode="json")) for run in runs
+    }
+    first = load_config(runs[0] / "config.yaml")
+    name = metric or first.train.metric_for_best_model or build_task(first).default_metric
+    greater = (
+        name != "loss" if first.train.greater_is_better is None else first.train.greater_is_better
+    )
+    varying = sorted(
+        k
+        for k in configs[runs[0]]
+        if k != "output_dir" and len({str(c.get(k)) for c in configs.values()}) > 1
+    )
+    rows = []
+    for run in runs:
+        results = read_results(run)
+        value = results.get("validation", {}).get(name)
+        test = results.get("test", {}).get(name)
+        setting = " ".join(f"{k}={configs[run].get(k)}" for k in varying)
+        rows.append((value, test, run.name, setting))
+    done = sorted(
+        (r for r in rows if r[0] is not None), key=lambda r: float(r[0] or 0), reverse=greater
+    )
+    lines = [
+        f"sweep: {sweep_dir}  ranked by validation {name} "
+        f"({'higher' if greater else 'lower'} is better)",
+        f"{'rank':>4}  {'run':<12}{'validation':>12}{'test':>10}  settings",
+    ]
+    for i, (value, test, run_name, setting) in enumerate(done, start=1):
+        lines.append(f"{i:>4}  {run_name:<12}{fmt(value):>12}{fmt(test):>10}  {setting}")
+    for value, _, run_name, setting in rows:
+        if value is None:
+            lines.append(f"{'-':>4}  {run_name:<12}{'unfinished':>12}{'':>10}  {setting}")
+    return "\n".join(lines)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

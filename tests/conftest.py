@@ -143,7 +143,7 @@ def nluft(
         **(env or {}),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "nluft", *args],
+        [str(Path(sys.executable).parent / "nluft"), *args],
         cwd=cwd or ROOT,
         env=full_env,
         capture_output=True,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import shutil
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,14 +56,24 @@ def build_data(
                 for split, ds in examples.items()
             }
         )
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        features.save_to_disk(str(tmp))
-        tmp.replace(path)
+        publish(features, path)
     barrier()
     features = datasets.load_from_disk(str(path))
     assert isinstance(features, DatasetDict)
     return TaskData(examples, features, sources, path, hit)
+
+
+def publish(features: DatasetDict, path: Path) -> None:
+    """Save to a private temporary folder, then rename; concurrent jobs (a sweep) may race here."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    features.save_to_disk(str(tmp))
+    try:
+        tmp.replace(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "dataset_dict.json").is_file():
+            raise
+        # Another job published the same features first; theirs are identical.
 
 
 def check_columns(task: Task, examples: DatasetDict, sources: dict[str, str]) -> None:
