@@ -51,6 +51,7 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
+    bad_steps: int = 0  # consecutive steps with a NaN/Inf loss or gradient
     train_seconds: float = 0.0  # time in training steps (evaluation and checkpoints excluded)
     real_tokens: int = 0  # non-pad tokens seen by this rank
     padded_slots: int = 0  # token slots (real + padding) seen by this rank

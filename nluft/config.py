@@ -91,6 +91,7 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, ge=1)
     early_stopping_threshold: float = Field(0.0, ge=0)
     logging_steps: int = Field(10, ge=1)
+    max_bad_steps: int = Field(3, ge=1)  # NaN/Inf steps in a row before the run stops
 
     @field_validator("eval_strategy", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from nluft.data import TaskData, build_data, num_windowed
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
+from nluft.errors import NluftError
 from nluft.evaluate import evaluate_split, head_output
 from nluft.hardware import describe_hardware
 from nluft.models import build_model, build_tokenizer
@@ -154,21 +155,48 @@ def train(run: Run, state: TrainState) -> TrainState:
             log_train(run, state, meter, grad_norm)
             state.finished = state.global_step >= plan.total_steps
             paused = time.perf_counter()
-            if eval_due(cfg, state, len(batches) // accum):
-                evaluate_and_track(run, state)
-            new_best = state.best_step == state.global_step  # load_best_model_at_end needs it
-            if (
-                save_due(cfg, state, len(batches) // accum)
-                or new_best
-                or run.strategy.any_rank(run.stop.requested)
-            ):
-                run.checkpointer.save(state)
-                tracker.log(state.global_step, "event", {"event": "checkpoint"})
+            if is_healthy(run, state, grad_norm):  # a skipped (NaN/Inf) step is never saved
+                if eval_due(cfg, state, len(batches) // accum):
+                    evaluate_and_track(run, state)
+                new_best = state.best_step == state.global_step  # load_best_model_at_end needs it
+                if (
+                    save_due(cfg, state, len(batches) // accum)
+                    or new_best
+                    or run.strategy.any_rank(run.stop.requested)
+                ):
+                    run.checkpointer.save(state)
+                    tracker.log(state.global_step, "event", {"event": "checkpoint"})
             meter.start += time.perf_counter() - paused  # throughput counts training time only
             if state.finished or run.stop.requested:
                 return state
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return state
+
+
+def is_healthy(run: Run, state: TrainState, grad_norm: float) -> bool:
+    """False for a step whose loss or gradient was NaN/Inf (the strategy skipped the update).
+
+    The gradient norm is global (reduced over ranks), so every rank agrees. After
+    `train.max_bad_steps` such steps in a row the run stops; its checkpoints predate the fault.
+    """
+    if math.isfinite(grad_norm):
+        state.bad_steps = 0
+        return True
+    state.bad_steps += 1
+    limit = run.cfg.train.max_bad_steps
+    run.tracker.info(
+        f"step {state.global_step}: NaN/Inf loss or gradient, update skipped "
+        f"({state.bad_steps}/{limit})"
+    )
+    run.tracker.log(state.global_step, "event", {"event": "nonfinite", "count": state.bad_steps})
+    if state.bad_steps >= limit:
+        kept = run.checkpointer.latest_name()
+        raise NluftError(
+            f"training diverged: {limit} steps in a row with NaN/Inf loss or gradient (last at "
+            f"step {state.global_step}); latest checkpoint before the fault: {kept}; lower "
+            "train.learning_rate, check the data, or raise train.max_bad_steps"
+        )
+    return False
 
 
 def train_columns(run: Run) -> list[str]:

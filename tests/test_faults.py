@@ -142,3 +142,23 @@ def test_full_disk_fails_the_save_cleanly_and_keeps_earlier_checkpoints(
     assert all(verify_manifest(run_dir / "checkpoints" / name) is None for name in kept)
     assert not list((run_dir / "checkpoints").glob(".tmp-*")), "partial files removed"
     assert not (run_dir / "export").exists(), "the run did not go on as if it had saved"
+
+
+def test_nan_loss_skips_updates_then_stops_without_a_broken_model(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "nan"
+    # Class weights of zero make cross-entropy 0/0 = NaN on every step, on every rank.
+    proc = nluft(
+        "train",
+        str(tiny_config),
+        f"output_dir={run_dir}",
+        "classification.class_weights=[0.0, 0.0]",
+        "train.max_bad_steps=3",
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("nluft: error: training diverged: 3 steps in a row") and "step 3" in last
+    assert proc.stderr.count("update skipped") == 3
+    assert not (run_dir / "export").exists(), "never exports a NaN model"
+    assert not list((run_dir / "checkpoints").glob("step-*")), "no checkpoint of a faulty step"

@@ -126,6 +126,9 @@ class FSDPStrategy(GroupCollectives):
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)  # skip the update: weights stay finite
+            return float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

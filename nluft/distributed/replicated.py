@@ -49,6 +49,9 @@ class ReplicatedStrategy(Strategy):
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if not self.scaler.is_enabled() and not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)  # skip the update; fp16 lets the scaler skip
+            return float(norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
