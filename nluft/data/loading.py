@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Mapping
 import json
 from pathlib import Path
@@ -168,7 +169,8 @@ def load_raw_splits(
     for split in ("test", "validation"):
         pct = getattr(data, f"{split}_split_percentage")
         if split not in splits and pct > 0:
-            if len(splits["train"]) * pct / remaining < 1 or len(splits["train"]) < 3:
+            n = len(splits["train"])
+            if n - math.ceil(n * pct / remaining) < 1:  # the cut would leave no training example
                 raise NluftError(
                     f"{sources['train']}: {len(splits['train'])} examples are too few to cut a "
                     f"{pct:g}% {split} split; give data.{split}_file or set "
