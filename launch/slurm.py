@@ -159,6 +159,14 @@ def render_script(
         'trap "$STOP" USR1 TERM',
         "# wait returns early when the trap fires; keep waiting until training has exited",
         'while :; do wait "$PID"; RC=$?; kill -0 "$PID" 2>/dev/null || break; done',
+        *requeue_lines(opts),
+    ]
+    return "\n".join([*header, "", *body]) + "\n"
+
+
+def requeue_lines(opts: SubmitOptions) -> list[str]:
+    """After training exits: done, give up, requeue to resume, or fail before any checkpoint."""
+    return [
         f'if [ -f "$RUN_DIR/{FINISHED_MARKER}" ]; then echo "nluft: run finished"; exit 0; fi',
         f'if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {opts.max_requeues} ]; then',
         f'  echo "nluft: not finished after {opts.max_requeues} requeues; giving up (exit $RC)"',
@@ -172,7 +180,6 @@ def render_script(
         'echo "nluft: training failed before its first checkpoint (exit $RC)"',
         'exit "$RC"',
     ]
-    return "\n".join([*header, "", *body]) + "\n"
 
 
 def submit(script: str, cfg: Config) -> tuple[str, Path]:

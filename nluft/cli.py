@@ -54,7 +54,14 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+    add_run_verbs(verbs)
+    if extend is not None:
+        extend(verbs)
+    return parser
 
+
+def add_run_verbs(verbs: Any) -> None:
+    """Verbs that read or check runs and data: export, check-data, report, sweep-summary."""
     export = verbs.add_parser(
         "export", help="write a run's best/latest checkpoint (or a given one) as a HF folder"
     )
@@ -84,9 +91,6 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     sweep.add_argument("sweep_dir", type=Path, help="folder holding one run dir per sweep point")
     sweep.add_argument("--metric", help="validation metric (default: the run's best-model metric)")
-    if extend is not None:
-        extend(verbs)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
