@@ -1,8 +1,11 @@
 """What the hardware does for a run: memory in use and model FLOPs utilisation (MFU).
 
 MFU = achieved model FLOPs / (the devices' dense peak at the run's precision). Model FLOPs per
-trained token are taken as 6 x (parameters outside the input embedding), the usual estimate for a
-forward and backward pass; attention score FLOPs are left out, so MFU reads slightly low.
+trained token: 6 x (parameters outside the input embedding), the usual estimate for a forward and
+backward pass, plus the attention term of the PaLM paper (appendix B), 12 x layers x hidden x the
+context the token attends to. With dynamic padding the context is the token's own sequence length,
+so the loop logs `attention_context` = sum(length^2) / sum(length) over its real tokens. Causal
+models are counted like encoders (full context), as PaLM does.
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ def flops_per_token(model: Any) -> float:
     return 6.0 * total
 
 
+def attention_flops_per_context(model: Any) -> float:
+    """12 x layers x hidden size (the attention term per token per attended token); 0 if unknown."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    hidden = getattr(config, "hidden_size", None)
+    return 12.0 * layers * hidden if layers and hidden else 0.0
+
+
 @dataclass(frozen=True)
 class Hardware:
     """The device a rank trains on, its peak, and the model's FLOPs per token."""
@@ -59,9 +70,15 @@ class Hardware:
     device_name: str
     peak_flops: float | None
     flops_per_token: float
+    attention_flops_per_context: float = 0.0  # 12 x layers x hidden, per token per attended token
 
-    def sample(self, tokens_per_s: float | None, world_size: int) -> dict[str, float]:
-        """Memory now (GPU max allocated when on CUDA, process RSS always) and MFU when known."""
+    def sample(
+        self, tokens_per_s: float | None, world_size: int, context: float = 0.0
+    ) -> dict[str, float]:
+        """Memory now (GPU max allocated when on CUDA, process RSS always) and MFU when known.
+
+        `context`: the mean number of tokens a trained token attends to (`attention_context`).
+        """
         import psutil
 
         out = {"rss_gb": psutil.Process().memory_info().rss / 2**30}
@@ -70,7 +87,8 @@ class Hardware:
 
             out["gpu_max_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.peak_flops and tokens_per_s is not None:
-            out["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * world_size)
+            per_token = self.flops_per_token + self.attention_flops_per_context * context
+            out["mfu"] = tokens_per_s * per_token / (self.peak_flops * world_size)
         return out
 
 
@@ -85,4 +103,6 @@ def describe_hardware(device: Any, precision: str, model: Any) -> Hardware:
     else:
         name = platform.processor() or platform.machine() or device.type
     peak = peak_flops(name, precision) if device.type == "cuda" else None
-    return Hardware(str(device), name, peak, flops_per_token(model))
+    return Hardware(
+        str(device), name, peak, flops_per_token(model), attention_flops_per_context(model)
+    )

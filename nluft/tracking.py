@@ -84,7 +84,11 @@ class Tracker:
         if kind == "train" and self.hardware is not None:
             metrics = {
                 **metrics,
-                **self.hardware.sample(metrics.get("tokens_per_s"), self.world_size),
+                **self.hardware.sample(
+                    metrics.get("tokens_per_s"),
+                    self.world_size,
+                    metrics.get("attention_context", 0.0),
+                ),
             }
         record = {"step": step, "kind": kind, "time": round(time.time(), 3), **metrics}
         self.file.write(json.dumps(record) + "\n")

@@ -243,11 +243,13 @@ class Meter:
     def reset(self) -> None:
         self.losses: list[float] = []
         self.real_tokens = self.slots = self.window_examples = self.micro = 0
+        self.squared_lengths = 0  # sum of length^2 over sequences: the attention work
         self.start = time.perf_counter()
 
     def add(self, loss: float, attention_mask: Any, examples: int) -> None:
         self.losses.append(loss)
         self.real_tokens += int(attention_mask.sum())
+        self.squared_lengths += int((attention_mask.sum(dim=1) ** 2).sum())
         self.slots += attention_mask.numel()
         self.window_examples += examples
         self.micro += 1
@@ -259,6 +261,7 @@ class Meter:
             "examples_per_s": self.window_examples * world_size / elapsed,
             "tokens_per_s": self.real_tokens * world_size / elapsed,
             "padding_efficiency": self.real_tokens / max(1, self.slots),
+            "attention_context": self.squared_lengths / max(1, self.real_tokens),
         }
 
 

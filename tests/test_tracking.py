@@ -241,6 +241,7 @@ def test_expected_metric_keys_and_summary(tracked: TrackedRun) -> None:
         "train/examples_per_s",
         "train/tokens_per_s",
         "train/padding_efficiency",
+        "train/attention_context",
         "train/rss_gb",
         "eval/validation/loss",
         "eval/validation/accuracy",
@@ -457,6 +458,23 @@ def test_memory_and_mfu_sample() -> None:
     assert sample["mfu"] == pytest.approx(2.0e5 * 6 * 110e6 / (2 * 989e12))
     assert 0 < sample["rss_gb"] < 64
     assert "mfu" not in Hardware("cpu", "x86_64", None, 1.0).sample(1.0, 1)
+    # The attention term: 12 x layers x hidden per attended token (BERT-base: 12 x 12 x 768).
+    with_attention = Hardware("cpu", "NVIDIA H100", 989e12, 6 * 110e6, 12 * 12 * 768)
+    mfu = with_attention.sample(tokens_per_s=2.0e5, world_size=2, context=100.0)["mfu"]
+    assert mfu == pytest.approx(2.0e5 * (6 * 110e6 + 12 * 12 * 768 * 100) / (2 * 989e12))
+
+
+def test_meter_counts_the_attention_context_of_real_tokens() -> None:
+    import torch
+
+    from nluft.train import Meter
+
+    meter = Meter()
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # lengths 3 and 5, padded to 5
+    meter.add(0.5, mask, 2)
+    stats = meter.summary(world_size=1)
+    assert stats["padding_efficiency"] == pytest.approx(8 / 10)
+    assert stats["attention_context"] == pytest.approx((3**2 + 5**2) / 8)
 
 
 def test_dist_env_reads_the_slurm_job() -> None:
