@@ -379,7 +379,8 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
             for k in ("loss", run.task.default_metric, "macro_f1")
             if k in next(iter(results.values()), {})
         ]
-        print(format_table(results, keys), flush=True)
+        if results:
+            print(format_table(results, keys), flush=True)
         print(f"export: {export_dir}", flush=True)
     return results
 
