@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from nluft.config import Config, load_config
 from nluft.data import build_data, encode_split
-from nluft.data.collate import MODEL_INPUTS, collate
+from nluft.data.collate import LABEL_PAD, MODEL_INPUTS, collate
 from nluft.data.loading import ROW_COLUMN
 from nluft.data.sampling import eval_batches, num_eval_steps
 from nluft.distributed import DistEnv, Strategy, build_strategy
@@ -20,11 +20,18 @@ from nluft.models import load_exported
 from nluft.tasks import Task, build_task
 
 
-def head_output(outputs: Any) -> torch.Tensor:
-    """Logits of any head; QA's start/end logits stacked as (batch, seq, 2)."""
+def head_output(outputs: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of any head; QA's start/end logits stacked as (batch, seq, 2).
+
+    Given the attention mask, QA's padding positions get the lowest logit: a softmax over
+    positions (the loss) then ignores them, whatever padding the rest of the batch brings.
+    """
     if getattr(outputs, "logits", None) is not None:
         return outputs.logits
-    return torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+    stacked = torch.stack([outputs.start_logits, outputs.end_logits], dim=-1)
+    if attention_mask is None:
+        return stacked
+    return stacked.masked_fill(attention_mask[..., None] == 0, torch.finfo(stacked.dtype).min)
 
 
 def run_inference(
@@ -49,12 +56,13 @@ def run_inference(
             labels = batch.pop("labels", None)
             batch = {k: v.to(strategy.device) for k, v in batch.items()}
             with strategy.autocast():
-                logits = head_output(model(**batch)).float()
+                logits = head_output(model(**batch), batch.get("attention_mask")).float()
             if not keep:
                 continue
             if labels is not None:
-                loss_sum += float(task.loss(logits, labels.to(strategy.device))) * len(indices)
-                count += len(indices)
+                terms = loss_terms(labels)
+                loss_sum += float(task.loss(logits, labels.to(strategy.device))) * terms
+                count += terms
             for row, index in enumerate(indices):
                 mine.append((index, trim(logits[row].cpu().numpy(), lengths[index])))
     gathered = strategy.all_gather_objects((mine, loss_sum, count))
@@ -63,6 +71,13 @@ def run_inference(
     total = sum(n for _, _, n in gathered)
     loss = sum(s for _, s, _ in gathered) / total if total else None
     return [logits for _, logits in pairs], loss
+
+
+def loss_terms(labels: torch.Tensor) -> int:
+    """How many terms a batch's mean loss averages: its scored labels (NER's padding and ignored
+    sub-tokens left out), so the split's loss is the mean over all terms, whatever the batching
+    and the number of ranks. Proportional to the batch size for one label (vector) per feature."""
+    return int((labels != LABEL_PAD).sum())
 
 
 def trim(logits: np.ndarray, length: int) -> np.ndarray:

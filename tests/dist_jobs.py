@@ -33,7 +33,7 @@ def run_cli(job: dict[str, Any]) -> None:
 
 def run_eval(job: dict[str, Any]) -> None:
     """Evaluate a run's export on every rank of this launch with the job's strategy."""
-    from nluft.data import build_data
+    from nluft.data import build_data, num_windowed
     from nluft.distributed import build_strategy, read_dist_env
     from nluft.evaluate import evaluate_split, load_run_config
     from nluft.models import load_exported
@@ -60,9 +60,12 @@ def run_eval(job: dict[str, Any]) -> None:
         int(tokenizer.pad_token_id or 0),
     )
     if env.is_main:
+        features = data.features[split]
         result = {
             "world_size": env.world_size,
             "num_examples": len(data.examples[split]),
+            "num_features": len(features),
+            "num_windowed": num_windowed(features),
             "metrics": metrics,
             "predictions": predictions,
             "references": task.references(data.examples[split]),

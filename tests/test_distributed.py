@@ -8,7 +8,8 @@ per module by the `runs` fixture, in one torchrun launch between two in-process 
     3. this process:   resume 2 -> 1 from the ddp run's step 20, re-export, 1-rank evals
 To add a backend (zero1/2/3, fsdp), add its overrides to PARITY: it joins launch 2 and the
 parametrised parity test. To add a task to the exact-eval check, add an eval job of a run of it
-to launch 2 and to phase 3 (see `Runs.evaluate`) and a parameter to the test.
+to launch 2 and to phase 3 (see `Runs.evaluate`) and a parameter to the test. NER and QA, whose
+examples are windowed into several features, are trained briefly in phase 1 (see WINDOWED).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from typing import Any
 import dist_jobs
 import pytest
 from conftest import ROOT
+from test_ner import tagged_sentences, write_conll
+from test_qa import FIXTURES
+
+from nluft.metrics import entity_scores, squad_scores
 
 pytestmark = pytest.mark.distributed
 
@@ -50,6 +55,18 @@ TOTAL_STEPS = 45  # 240 examples / 16 per step x 3 epochs
 # means averaged by all-reduce) differ by ~1e-7 per step and grow a little through Adam.
 LOSS_RTOL = 1e-5
 LAUNCH_TIMEOUT = 300
+# Windowed tasks, each trained briefly on one process (its predictions need only be varied):
+# task -> (examples in its odd test file, eval batch size). The test files give an odd number of
+# features F and the batch size divides F // 2, so rank 1 runs one batch fewer than rank 0 and
+# repeats a batch whose output it must discard.
+WINDOWED = {"ner": (31, 4), "qa": (49, 7)}
+WINDOWED_TRAIN = [
+    "train.max_steps=20",
+    "train.learning_rate=5e-3",
+    "train.per_device_train_batch_size=16",
+    "train.eval_strategy='no'",
+    "train.logging_steps=5",
+]
 
 
 def python_env() -> dict[str, str]:
@@ -123,6 +140,66 @@ class Runs:
     def odd(self) -> dict[str, Any]:
         return {"overrides": [f"data.test_file={self.odd_test}"]}
 
+    def train_windowed(self, task: str, config: Path) -> dict[str, Any]:
+        self.path[task] = self.tmp / task
+        argv = ["train", str(config), *WINDOWED_TRAIN, f"output_dir={self.path[task]}"]
+        return {"kind": "cli", "argv": argv}
+
+    def evaluate_windowed(self, task: str, strategy: str, ranks: int) -> dict[str, Any]:
+        batch = f"train.per_device_eval_batch_size={WINDOWED[task][1]}"
+        return self.evaluate(f"{task}_{ranks}", task, strategy, overrides=[batch])
+
+
+def ner_config(tmp: Path, model: Path) -> dict[str, Any]:
+    """NER on CoNLL files; 3 of the 31 test sentences are longer than max_length (windows)."""
+    test = tagged_sentences(WINDOWED["ner"][0] - 3, seed=12)
+    test += [test[0] + test[1] + test[2], test[3] + test[4] + test[5], test[6] + test[7]]
+    files = {
+        "train": write_conll(tmp / "ner-train.conll", tagged_sentences(80, seed=11)),
+        "test": write_conll(tmp / "ner-test.conll", test),
+    }
+    return {
+        "task": "ner",
+        "model": {"name_or_path": str(model)},
+        "data": {**{f"{s}_file": str(p) for s, p in files.items()}, "max_length": 16},
+        "ner": {"stride": 4},
+    }
+
+
+def qa_config(tmp: Path, model: Path) -> dict[str, Any]:
+    """SQuAD v2.0 QA; contexts longer than max_length (doc_stride windows), 49 test questions."""
+    document = json.loads((FIXTURES / "test-v2.0.json").read_text())
+    document["data"][-1]["paragraphs"][-1]["qas"].pop()  # 50 -> 49 questions
+    test = tmp / "qa-test.json"
+    test.write_text(json.dumps(document, indent=1))
+    return {
+        "task": "qa",
+        "model": {"name_or_path": str(model)},
+        "data": {
+            "train_file": str(FIXTURES / "train-v2.0.json"),
+            "test_file": str(test),
+            "max_length": 56,
+        },
+        # Always answer: a model trained this briefly predicts "no answer" everywhere, which
+        # would hide a mis-merge of windows; the best span over all windows decides instead.
+        "qa": {"doc_stride": 8, "version_2_with_negative": True, "null_score_diff_threshold": 1e9},
+    }
+
+
+def windowed_configs(tmp: Path, model: Path) -> dict[str, Path]:
+    """One config file per windowed task."""
+    import yaml
+
+    paths = {}
+    for task, build in (("ner", ner_config), ("qa", qa_config)):
+        cfg = build(tmp, model)
+        cfg["output_dir"] = str(tmp / "unused")
+        cfg["data"] = {**cfg["data"], "cache_dir": str(tmp / "cache")}
+        cfg.update(train={"seed": 5}, tracking={"progress_bar": False})
+        paths[task] = tmp / f"{task}.yaml"
+        paths[task].write_text(yaml.safe_dump(cfg))
+    return paths
+
 
 @pytest.fixture(scope="module")
 def runs(
@@ -153,7 +230,9 @@ def runs(
     config = tmp / "base.yaml"
     config.write_text(yaml.safe_dump(cfg))
     r = Runs(tmp, config, odd_test)
-    run_jobs([r.train("single", *SINGLE)], tmp / "jobs1.json", nproc=1)
+    windowed = windowed_configs(tmp, no_dropout_model)
+    jobs = [r.train("single", *SINGLE), *(r.train_windowed(t, windowed[t]) for t in WINDOWED)]
+    run_jobs(jobs, tmp / "jobs1.json", nproc=1)
 
     cut_at(r.path["single"], RESUME_STEP, tmp / "r12")
     jobs = [r.train(name, *overrides) for name, overrides in PARITY.items()]
@@ -161,6 +240,7 @@ def runs(
     jobs += [
         {**resume_12, "argv": [*resume_12["argv"], "--resume"]},
         r.evaluate("eval_2_ranks", "single", "ddp", **r.odd()),
+        *(r.evaluate_windowed(task, "ddp", 2) for task in WINDOWED),
     ]
     run_jobs(jobs, tmp / "jobs2.json", nproc=2)
 
@@ -172,6 +252,7 @@ def runs(
         {"kind": "cli", "argv": ["export", str(r.path["ddp"]), "--out", str(reexport)]},
         r.evaluate("eval_1_rank", "single", "single", **r.odd()),
         r.evaluate("eval_reexport", "ddp", "single", export_dir=str(reexport)),
+        *(r.evaluate_windowed(task, "single", 1) for task in WINDOWED),
     ]
     run_jobs(jobs, tmp / "jobs3.json", nproc=1)
     return r.path
@@ -239,6 +320,36 @@ def test_eval_on_two_ranks_is_exact(runs: dict[str, Path]) -> None:
     assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-6)
     hits = sum(p == r for p, r in zip(two["predictions"], two["references"], strict=True))
     assert two["metrics"]["accuracy"] == pytest.approx(hits / 59, abs=1e-12)
+
+
+def entity_count(tag_lists: list[list[str]]) -> int:
+    return sum(tag.startswith("B-") for tags in tag_lists for tag in tags)
+
+
+@pytest.mark.parametrize("task", list(WINDOWED))
+def test_windowed_eval_on_two_ranks_is_exact(runs: dict[str, Path], task: str) -> None:
+    """NER and QA on 1 and 2 ranks: windows of one example run on different ranks, rank 1 runs a
+    discarded repeat batch; the same predictions, every example scored once, equal metrics."""
+    one = json.loads(runs[f"{task}_1"].read_text())
+    two = json.loads(runs[f"{task}_2"].read_text())
+    num_examples, batch = WINDOWED[task]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["num_windowed"] > 0, "no example was split into windows"
+    assert two["num_features"] % 2 == 1 and (two["num_features"] // 2) % batch == 0
+    assert len(two["predictions"]) == two["num_examples"] == num_examples
+    assert two["predictions"] == one["predictions"]
+    assert len({json.dumps(p) for p in two["predictions"]}) > 5, "predictions too uniform to test"
+    # Loss: the mean over all scored labels, summed in another order on 2 ranks (~1e-7 apart).
+    assert two["metrics"].pop("loss") == pytest.approx(one["metrics"].pop("loss"), rel=1e-6)
+    assert two["metrics"] == one["metrics"]
+    if task == "ner":
+        assert [len(p) for p in two["predictions"]] == [len(r) for r in two["references"]]
+        assert two["metrics"] == entity_scores(two["references"], two["predictions"])
+        supports = [v for k, v in two["metrics"].items() if k.endswith("/support")]
+        assert sum(supports) == entity_count(two["references"]) > num_examples
+    else:
+        assert two["metrics"] == squad_scores(two["predictions"], two["references"])
+        assert two["metrics"]["total"] == num_examples
 
 
 def test_export_of_a_2_rank_run_reevaluates_to_its_results(runs: dict[str, Path]) -> None:

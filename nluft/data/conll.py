@@ -2,11 +2,14 @@
 
 Columns are separated by tabs (when the line has one) or by spaces; the token is the first column
 and the tag sits in a configurable column (the last by default). `-DOCSTART-` lines are document
-breaks and are skipped.
+breaks and are skipped. Only ASCII whitespace separates columns and only line feeds (with an
+optional carriage return) end lines: other Unicode spaces and breaks (a no-break space in
+"10 000", U+2028) are part of a token, as they are to the tokenizer.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from datasets import Dataset
@@ -15,13 +18,16 @@ from nluft.config import NerConfig
 from nluft.errors import NluftError
 
 DOCSTART = "-DOCSTART-"
+BLANKS = " \t\r\f\v"  # ASCII whitespace: the only column separators
+SPACES = re.compile(r"[ \r\f\v]+")
 LINE_COLUMN = "_line"  # 1-based line of an example's first token, so errors name the exact line
 
 
 def read_conll(path: str, ner: NerConfig) -> Dataset:
     """Sentences of a CoNLL file as a Dataset with token and tag columns named by `ner`."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the first token.
+        lines = Path(path).read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError as err:
         raise NluftError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     tokens: list[list[str]] = []
@@ -58,9 +64,9 @@ def read_conll(path: str, ner: NerConfig) -> Dataset:
 def split_fields(line: str) -> list[str]:
     """Tab-separated when the line has a tab (tokens may then hold spaces), else on whitespace."""
     if "\t" in line:
-        fields = [field.strip() for field in line.rstrip("\r\n").split("\t")]
+        fields = [field.strip(BLANKS) for field in line.split("\t")]
         return fields if any(fields) else []
-    return line.split()
+    return [field for field in SPACES.split(line) if field]
 
 
 def token_and_tag(fields: list[str], tag_column: int, where: str) -> tuple[str, str]:

@@ -54,7 +54,7 @@ def file_format(path: str, configured: str) -> str:
 def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Dataset:
     """One local data file as a Dataset; parse problems name the file."""
     fmt = file_format(path, data.file_format)
-    kwargs = {"delimiter": "\t"} if fmt == "tsv" else {}
+    kwargs = table_options(fmt)
     if Path(path).stat().st_size == 0:
         raise NluftError(f"{path}: file is empty")
     if fmt == "conll":
@@ -78,6 +78,15 @@ def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Data
     if len(loaded) == 0:
         raise NluftError(f"{path}: no examples in file")
     return loaded
+
+
+def table_options(fmt: str) -> dict[str, Any]:
+    """Reader options: in CSV/TSV only an empty cell is missing; "NA", "None" or "null" are text
+    (pandas would read them as missing values: a class named "None" would vanish)."""
+    if fmt not in ("csv", "tsv"):
+        return {}
+    options: dict[str, Any] = {"keep_default_na": False, "na_values": [""]}
+    return {**options, "delimiter": "\t"} if fmt == "tsv" else options
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,24 @@ class SquadError(ValueError):
     """A structural problem in a SQuAD file (the loader adds the file name)."""
 
 
-@functools.lru_cache(maxsize=64)
 def is_squad_file(path: str) -> bool:
     """True for a JSON document whose top level is an object with a `data` list."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return is_squad_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def is_squad_version(path: str, mtime_ns: int, size: int) -> bool:
+    """`is_squad_file` of one version of a file (parsed once, re-read when it changes)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
             head = handle.read(256)
         if not HEAD_PATTERN.match(head):
             return False
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(document, dict) and isinstance(document.get("data"), list)
@@ -47,7 +57,10 @@ def is_squad_file(path: str) -> bool:
 
 def read_squad(path: str, row_column: str) -> Dataset:
     """All questions of a SQuAD file (answers empty for unanswerable ones); `row_column` = line."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise SquadError(f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
@@ -72,19 +85,25 @@ def flat_row(
     """One question with its context and answers in the flat layout."""
     qid = qid_of(question)
     where = f"line {lines.get(qid, 0) + 1}: question {qid!r}"
-    impossible = bool(question.get("is_impossible", False))
+    impossible = question.get("is_impossible", False)
+    if not isinstance(impossible, bool):
+        raise SquadError(f"{where}: 'is_impossible' must be true or false")
     answers = need(question, "answers", list, where) if not impossible else []
     for answer in answers:
         if not isinstance(answer, dict) or not {"text", "answer_start"} <= set(answer):
             raise SquadError(f"{where}: each answer needs 'text' and 'answer_start'")
+        need(answer, "text", str, f"{where}: an answer")
+        if isinstance(answer["answer_start"], bool):  # JSON true is no offset (bool is an int)
+            raise SquadError(f"{where}: an answer: 'answer_start' must be a character offset")
+        need(answer, "answer_start", int, f"{where}: an answer")
     return {
         "id": qid,
         "title": str(article.get("title", "")),
         "question": str(need(question, "question", str, where)),
         "context": need(paragraph, "context", str, where),
         "answers": {
-            "text": [str(a["text"]) for a in answers],
-            "answer_start": [int(a["answer_start"]) for a in answers],
+            "text": [a["text"] for a in answers],
+            "answer_start": [a["answer_start"] for a in answers],
         },
         "is_impossible": impossible,
     }
