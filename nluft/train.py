@@ -143,7 +143,8 @@ def train(run: Run, state: TrainState) -> TrainState:
             inputs = {k: v.to(strategy.device) for k, v in batch.items()}
             with strategy.no_sync() if not boundary else nullcontext():
                 with strategy.autocast():
-                    loss = run.task.loss(head_output(strategy.model(**inputs)), labels)  # type: ignore[misc]
+                    outputs = strategy.model(**inputs)  # type: ignore[misc]
+                    loss = run.task.loss(head_output(outputs, inputs["attention_mask"]), labels)
                 strategy.backward(loss / accum)
             meter.add(float(loss.detach()), inputs["attention_mask"], len(labels))
             state.batch_in_epoch = i + 1
