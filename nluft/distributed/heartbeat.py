@@ -14,6 +14,7 @@ across hosts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -94,6 +95,8 @@ class Heartbeat:
             self.done.set()
             self.thread.join()
             self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.dir.rmdir()  # the last rank out removes it
 
     def explain(self, err: BaseException, timeout_s: float) -> None:
         """Raise an error naming the ranks that stopped answering; return when all are alive.
