@@ -196,7 +196,12 @@ def launch(config: Path, run_dir: Path, restarts: int, *overrides: str) -> list[
 
 
 def launch_env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # what `nluft launch` sets
+    }
 
 
 def descendants(root: int) -> Iterator[int]:
@@ -356,3 +361,39 @@ def test_a_rank_that_stops_answering_ends_the_job_within_the_timeout(
     assert "nluft launch: rank 1 died (SIGKILL)" in err.strip().splitlines()[-1]
     assert not is_alive(victim), "the stopped process was killed"
     assert not list(descendants(proc.pid))
+
+
+ZERO_GROUP_PROBE = """
+import sys, time
+import torch, torch.distributed as dist
+from deepspeed.utils import groups
+from nluft.config import load_config
+from nluft.distributed import read_dist_env
+from nluft.distributed.deepspeed import DeepSpeedStrategy
+
+cfg = load_config(sys.argv[1], ["strategy.name=deepspeed", "strategy.timeout_s=2"])
+env = read_dist_env()
+DeepSpeedStrategy(cfg, env)
+if env.rank == 1:
+    time.sleep(12)  # never joins: rank 0's all-reduce must give up after 2 s, not 30 min
+    sys.exit(0)
+started = time.time()
+try:
+    dist.all_reduce(torch.ones(1), group=groups._get_data_parallel_group())
+except RuntimeError:
+    print(f"gave up after {time.time() - started:.1f} s")
+"""
+
+
+def test_zero_collectives_give_up_after_strategy_timeout(
+    tiny_config: Path, tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    """DeepSpeed's own data-parallel group gets strategy.timeout_s too (torch's default: 30 min)."""
+    script = tmp_path / "probe.py"
+    script.write_text(ZERO_GROUP_PROBE)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = start(launched, [*torchrun, str(script), str(tiny_config)])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-4000:]
+    seconds = float(re.findall(r"gave up after ([\d.]+) s", out)[0])
+    assert 2 <= seconds < 8
