@@ -112,7 +112,10 @@ class Heartbeat:
         stalled = [
             after.get(rank, beat)
             for rank, beat in sorted(before.items())
-            if rank != self.env.rank and after.get(rank, beat).count == beat.count
+            # Files of ranks beyond this world size are left from an earlier, larger run.
+            if rank != self.env.rank
+            and rank < self.env.world_size
+            and after.get(rank, beat).count == beat.count
         ]
         if not stalled:
             return
