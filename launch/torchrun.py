@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import os
 import shlex
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -178,10 +179,56 @@ def run_launch(args: argparse.Namespace) -> int:
         # One code shared by every failed rank is passed on (2: bad input, 3: stopped on a signal).
         if len(codes) == 1 and codes <= {2, 3}:
             return codes.pop()
-        print(err.format_msg(), file=sys.stderr)
+        exitcodes = {rank: failure.exitcode for rank, failure in err.failures.items()}
+        print(failure_message(exitcodes, args), file=sys.stderr)
         return 1
     except SignalException as err:
         # The agent forwarded the signal; ranks checkpoint on SIGTERM, so --resume continues.
         print(f"nluft launch: stopped by signal {err.sigval.name}", file=sys.stderr)
         return 128 + int(err.sigval)
     return 0
+
+
+def failure_message(exitcodes: dict[int, int], args: argparse.Namespace) -> str:
+    """One line: which ranks failed how, the restarts used up, and the command that continues."""
+    # Ranks torchrun itself stopped (SIGTERM) once another had failed are not the cause.
+    causes = {r: c for r, c in exitcodes.items() if c != -signal.SIGTERM} or exitcodes
+    what = ", ".join(describe_exit(rank, code) for rank, code in sorted(causes.items()))
+    # torchrun gives up only once every restart is spent: each attempt ended in a failure.
+    tries = (
+        f"the workers failed {args.max_restarts + 1} times; giving up after "
+        f"--max-restarts {args.max_restarts}"
+        if args.max_restarts
+        else "not restarted (--max-restarts 0)"
+    )
+    return (
+        f"nluft launch: {what}; {tries}; continue from the latest checkpoint with: "
+        f"{resume_command(args)}"
+    )
+
+
+def describe_exit(rank: int, exitcode: int) -> str:
+    """'rank 1 died (SIGKILL)' for a signal (torchrun reports it as a negative code)."""
+    if exitcode >= 0:
+        return f"rank {rank} exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    return f"rank {rank} died ({name})"
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The `nluft launch` command line that continues this run (flags as given, plus --resume)."""
+    flags = [
+        ("--nproc-per-node", args.nproc_per_node, 1),
+        ("--nnodes", args.nnodes, 1),
+        ("--node-rank", args.node_rank, 0),
+        ("--rdzv-endpoint", args.rdzv_endpoint, None),
+        ("--rdzv-id", args.rdzv_id, None),
+        ("--max-restarts", args.max_restarts, 0),
+    ]
+    given = [
+        item for flag, value, default in flags if value != default for item in (flag, str(value))
+    ]
+    return shlex.join(["nluft", "launch", *given, args.config, *args.overrides, "--resume"])

@@ -102,7 +102,11 @@ class TrainConfig(Section):
 
 class StrategyConfig(Section):
     name: str = "single"
-    # Collective and rendezvous timeout: a rank that dies or hangs fails the job after this long.
+    # Seconds before a rank that died or stopped answering fails the job. It bounds: torchrun's
+    # rendezvous (`nluft launch` passes it as join_timeout), process-group setup, and every
+    # collective: DDP and FSDP (a 1-D mesh reuses it) run on the default group, DeepSpeed ZeRO on
+    # a clone that nluft makes with this timeout (DeepSpeed's own would wait torch's 30 min).
+    # The rank that gives up names the silent rank (distributed/heartbeat.py).
     timeout_s: float = Field(600.0, gt=0)
     # ddp: set when some parameters get no gradient in a step (costs a graph walk per step).
     find_unused_parameters: bool = False

@@ -32,6 +32,7 @@ from nluft.data import TaskData, build_data, num_windowed
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
+from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
 from nluft.evaluate import evaluate_split, head_output
 from nluft.hardware import describe_hardware
@@ -112,6 +113,8 @@ def main(
     hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
     tracker.open(cfg, run_facts(strategy, plan, data), hardware)
     state = resume_state(run) if resume else TrainState()
+    heartbeat = Heartbeat(run_dir, env, lambda: state.global_step)
+    heartbeat.start()
     try:
         state = train(run, state)
         if run.stop.requested and not state.finished:
@@ -119,7 +122,11 @@ def main(
             tracker.log(state.global_step, "event", {"event": "stopped"})
             return {"stopped_at_step": state.global_step}
         return finish(run, state)
+    except RuntimeError as err:  # a failed collective: name the rank that stopped answering
+        heartbeat.explain(err, cfg.strategy.timeout_s)
+        raise
     finally:
+        heartbeat.stop()
         tracker.close()
         strategy.close()
 

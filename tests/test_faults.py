@@ -1,14 +1,19 @@
-"""Faults with real processes: kill mid-checkpoint, corrupted checkpoints, a full disk."""
+"""Faults with real processes: kill mid-checkpoint, corrupted checkpoints, a full disk, NaNs,
+a crashed rank, a rank that keeps crashing, and a rank that stops answering."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import ROOT, nluft
@@ -162,3 +167,271 @@ def test_nan_loss_skips_updates_then_stops_without_a_broken_model(
     assert proc.stderr.count("update skipped") == 3
     assert not (run_dir / "export").exists(), "never exports a NaN model"
     assert not list((run_dir / "checkpoints").glob("step-*")), "no checkpoint of a faulty step"
+
+
+# --- ranks that crash or hang under `nluft launch` (torchrun's agent, 2 ranks, ddp on gloo) ---
+
+T = TypeVar("T")
+LAUNCH_TIMEOUT = 300
+
+
+def launch(config: Path, run_dir: Path, restarts: int, *overrides: str) -> list[str]:
+    return [
+        str(Path(sys.executable).with_name("nluft")),
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        str(restarts),
+        str(config),
+        "strategy.name=ddp",
+        "train.per_device_train_batch_size=8",
+        "train.eval_strategy=no",
+        "train.logging_steps=1",
+        "train.save_steps=5",
+        "train.max_steps=30",
+        f"output_dir={run_dir}",
+        *overrides,
+    ]
+
+
+def launch_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # what `nluft launch` sets
+    }
+
+
+def descendants(root: int) -> Iterator[int]:
+    """Every live process below `root` (read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in "ZX":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        yield pid
+        todo += children.get(pid, [])
+
+
+def rank_pid(launcher: int, rank: int, skip: tuple[int, ...] = ()) -> int | None:
+    """The worker of `rank` that torchrun's agent (the launcher process) started, by its RANK."""
+    for pid in descendants(launcher):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and pid not in skip:
+            return pid
+    return None
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
+
+
+def wait_for(probe: Callable[[], T | None], proc: subprocess.Popen[str], timeout: float = 240) -> T:
+    """Poll `probe` until it returns something; fail if the launch ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = probe()
+        if found:
+            return found
+        if proc.poll() is not None:
+            pytest.fail(
+                f"launch ended (exit {proc.returncode}) first:\n{proc.stderr.read()[-4000:]}"
+            )
+        time.sleep(0.05)
+    pytest.fail(f"nothing after {timeout} s")
+
+
+@pytest.fixture()
+def launched() -> Iterator[list[subprocess.Popen[str]]]:
+    """Launches started by a test; whatever is left of them is killed at the end."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for proc in procs:
+        for pid in list(descendants(proc.pid)):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.communicate(timeout=60)
+
+
+def start(launched: list[subprocess.Popen[str]], argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    launched.append(proc)
+    return proc
+
+
+def train_steps(run_dir: Path) -> tuple[list[int], list[int], int]:
+    """Steps logged before and after the resume event, and the step of the checkpoint resumed."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumes = [i for i, r in enumerate(records) if r.get("event") == "resume"]
+    assert len(resumes) == 1, "resumed exactly once"
+    checkpoint = int(records[resumes[0]]["checkpoint"].removeprefix("step-"))
+    steps = [(i, r["step"]) for i, r in enumerate(records) if r["kind"] == "train"]
+    return (
+        [s for i, s in steps if i < resumes[0]],
+        [s for i, s in steps if i > resumes[0]],
+        checkpoint,
+    )
+
+
+def test_killed_rank_is_restarted_and_the_run_resumes_from_its_checkpoint(
+    tiny_config: Path, tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    reference = tmp_path / "reference"
+    done = subprocess.run(
+        launch(tiny_config, reference, 0),
+        cwd=ROOT,
+        env=launch_env(),
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_dir = tmp_path / "crashed"
+    proc = start(launched, launch(tiny_config, run_dir, 1))
+    wait_for(lambda: checkpoints(run_dir), proc)
+    victim = wait_for(lambda: rank_pid(proc.pid, 1), proc)
+    os.kill(victim, signal.SIGSTOP)  # freeze it, check that training is not over, then kill it
+    assert int(checkpoints(run_dir)[-1].removeprefix("step-")) < 30, "killed mid-training"
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, err[-4000:]
+    before, after, resumed_at = train_steps(run_dir)
+    assert before == list(range(1, len(before) + 1)), "no step lost before the crash"
+    assert resumed_at <= len(before) < resumed_at + 5, "resumed from the latest checkpoint"
+    assert after == list(range(resumed_at + 1, 31)), "only the steps since it were redone"
+    final = json.loads((run_dir / "results" / "test.json").read_text())
+    expected = json.loads((reference / "results" / "test.json").read_text())
+    assert final == pytest.approx(expected, abs=1e-6), "same result as the run without a crash"
+
+
+def test_a_rank_that_keeps_crashing_ends_the_job_after_k_restarts(
+    tiny_config: Path, tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "crash-loop"
+    proc = start(launched, launch(tiny_config, run_dir, 1))
+    killed: list[int] = []
+    for _ in range(2):  # the first attempt and its one restart
+        victim = wait_for(lambda: rank_pid(proc.pid, 1, skip=tuple(killed)), proc)
+        os.kill(victim, signal.SIGKILL)
+        killed.append(victim)
+    _, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1] == (
+        "nluft launch: rank 1 died (SIGKILL); the workers failed 2 times; giving up after "
+        f"--max-restarts 1; continue from the latest checkpoint with: nluft launch "
+        f"--nproc-per-node 2 --max-restarts 1 {tiny_config} strategy.name=ddp "
+        "train.per_device_train_batch_size=8 train.eval_strategy=no "
+        f"train.logging_steps=1 train.save_steps=5 train.max_steps=30 output_dir={run_dir} --resume"
+    )
+
+
+def test_a_rank_that_stops_answering_ends_the_job_within_the_timeout(
+    tiny_config: Path, tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    run_dir = tmp_path / "hang"
+    argv = launch(tiny_config, run_dir, 0, "strategy.timeout_s=15", "train.max_steps=2000")
+    proc = start(launched, argv)
+    wait_for(lambda: checkpoints(run_dir), proc)
+    victim = wait_for(lambda: rank_pid(proc.pid, 1), proc)
+    os.kill(victim, signal.SIGSTOP)
+    stopped = time.time()
+    _, err = proc.communicate(timeout=LAUNCH_TIMEOUT)
+    took = time.time() - stopped
+    assert proc.returncode == 1, err[-4000:]
+    assert 15 <= took < 15 + 20, f"the job ended {took:.0f} s after the rank stopped"
+    named = re.search(rf"nluft: error: rank 1 stopped answering \(pid {victim} .*\n", err)
+    assert named and "killed it (SIGKILL)" in named[0] and "strategy.timeout_s=15" in named[0]
+    assert "nluft launch: rank 1 died (SIGKILL)" in err.strip().splitlines()[-1]
+    assert not is_alive(victim), "the stopped process was killed"
+    assert not list(descendants(proc.pid))
+
+
+ZERO_GROUP_PROBE = """
+import sys, time
+import torch, torch.distributed as dist
+from deepspeed.utils import groups
+from nluft.config import load_config
+from nluft.distributed import read_dist_env
+from nluft.distributed.deepspeed import DeepSpeedStrategy
+
+cfg = load_config(sys.argv[1], ["strategy.name=deepspeed", "strategy.timeout_s=2"])
+env = read_dist_env()
+DeepSpeedStrategy(cfg, env)
+if env.rank == 1:
+    time.sleep(12)  # never joins: rank 0's all-reduce must give up after 2 s, not 30 min
+    sys.exit(0)
+started = time.time()
+try:
+    dist.all_reduce(torch.ones(1), group=groups._get_data_parallel_group())
+except RuntimeError:
+    print(f"gave up after {time.time() - started:.1f} s")
+"""
+
+
+def test_zero_collectives_give_up_after_strategy_timeout(
+    tiny_config: Path, tmp_path: Path, launched: list[subprocess.Popen[str]]
+) -> None:
+    """DeepSpeed's own data-parallel group gets strategy.timeout_s too (torch's default: 30 min)."""
+    script = tmp_path / "probe.py"
+    script.write_text(ZERO_GROUP_PROBE)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = start(launched, [*torchrun, str(script), str(tiny_config)])
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-4000:]
+    seconds = float(re.findall(r"gave up after ([\d.]+) s", out)[0])
+    assert 2 <= seconds < 8
+
+
+def test_heartbeats_name_and_kill_only_the_rank_that_stopped(tmp_path: Path) -> None:
+    """The diagnosis alone: rank 0's thread beats; rank 1 is a stopped process on this host."""
+    from nluft.distributed.env import DistEnv
+    from nluft.distributed.heartbeat import Beat, Heartbeat, start_time
+    from nluft.errors import NluftError
+
+    frozen, bystander = subprocess.Popen(["sleep", "120"]), subprocess.Popen(["sleep", "120"])
+    os.kill(frozen.pid, signal.SIGSTOP)
+    host = __import__("socket").gethostname()
+    beats = tmp_path / "heartbeats"
+    beats.mkdir()
+    stopped = Beat(1, 7, 9, frozen.pid, host, start_time(frozen.pid), time.time() - 20)
+    # Rank 2 is gone and its pid now runs another process (other start time): never killed.
+    reused = Beat(2, 3, 9, bystander.pid, host, "1", time.time() - 20)
+    for beat in (stopped, reused):
+        (beats / f"rank-{beat.rank}.json").write_text(json.dumps(beat.__dict__))
+    heartbeat = Heartbeat(tmp_path, DistEnv(rank=0, world_size=3), lambda: 9)
+    heartbeat.start()
+    try:
+        with pytest.raises(NluftError) as caught:
+            heartbeat.explain(RuntimeError("Timed out waiting 15000ms for recv\nmore"), 15)
+        assert frozen.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        heartbeat.stop()
+        for proc in (frozen, bystander):
+            proc.kill()
+            proc.wait(timeout=10)
+    message = str(caught.value)
+    assert message.startswith(f"rank 1 stopped answering (pid {frozen.pid} on {host}, last ")
+    assert f"at step 9); killed it (SIGKILL); rank 2 died (pid {bystander.pid}" in message
+    assert message.endswith(
+        "rank 0 gave up on a collective (strategy.timeout_s=15): Timed out waiting 15000ms "
+        "for recv; resume with --resume"
+    )
+    assert not (beats / "rank-0.json").exists()

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 from launch.cli import main as launch_main
-from launch.torchrun import build_plan, torchrun_args
+from launch.torchrun import build_plan, failure_message, torchrun_args
 from nluft.cli import build_parser
 from nluft.errors import NluftError
 
@@ -74,6 +74,21 @@ def test_restarts_resume_from_the_last_checkpoint() -> None:
 def test_bad_flags_name_the_flag(flags: list[str], key: str) -> None:
     with pytest.raises(NluftError, match=key):
         build_plan(parse(*flags), "runs/x", 600)
+
+
+def test_failure_message_names_the_cause_the_restarts_and_the_resume_command() -> None:
+    args = parse("--nproc-per-node", "2", "--max-restarts", "3", "c.yaml", "strategy.name=ddp")
+    # torchrun reports a signal as a negative exit code; SIGTERM (-15) is its own stopping.
+    assert failure_message({0: -15, 1: -9}, args) == (
+        "nluft launch: rank 1 died (SIGKILL); the workers failed 4 times; giving up after "
+        "--max-restarts 3; continue from the latest checkpoint with: nluft launch "
+        "--nproc-per-node 2 --max-restarts 3 c.yaml strategy.name=ddp --resume"
+    )
+    once = failure_message({0: 1, 1: -15}, parse("c.yaml", "--overwrite"))
+    assert once.startswith(
+        "nluft launch: rank 0 exited with code 1; not restarted (--max-restarts 0);"
+    )
+    assert once.endswith("nluft launch c.yaml --resume")
 
 
 def test_launch_with_a_bad_config_exits_2_before_starting_anything(

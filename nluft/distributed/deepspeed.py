@@ -12,6 +12,7 @@ files hold the full state and load on any world size as they are.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib
 import json
 import shutil
@@ -38,6 +39,21 @@ def skip_shm_comm_build() -> None:
     """DeepSpeed JIT-builds a shared-memory op (minutes) used only for inference all-reduce."""
     module = importlib.import_module("deepspeed.comm.torch")
     module.build_shm_op = lambda: None  # type: ignore[attr-defined]
+
+
+def bound_zero_group(timeout_s: float) -> None:
+    """Give the group ZeRO's collectives run on the timeout of strategy.timeout_s.
+
+    DeepSpeed runs them on its own clone of the world group, made with `new_group(ranks)`, which
+    takes torch's default timeout (30 min), not the default group's. Made here first (every rank
+    calls this at the same point), DeepSpeed reuses it.
+    """
+    from deepspeed.utils import groups
+
+    if groups._WORLD_GROUP is None:
+        ranks = list(range(dist.get_world_size()))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        groups._WORLD_GROUP = dist.new_group(ranks=ranks, timeout=timeout)
 
 
 class DeepSpeedStrategy(GroupCollectives):
@@ -67,6 +83,7 @@ class DeepSpeedStrategy(GroupCollectives):
         skip_shm_comm_build()
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+        bound_zero_group(self.cfg.strategy.timeout_s)
 
     def describe(self) -> dict[str, Any]:
         return {"deepspeed_config": self.ds_config}
