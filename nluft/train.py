@@ -35,7 +35,7 @@ from nluft.errors import NluftError
 from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
 from nluft.hardware import describe_hardware
 from nluft.models import build_model, build_tokenizer
-from nluft.preemption import StopFlag
+from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
 
@@ -102,14 +102,22 @@ def main(
     state = resume_state(run) if resume else TrainState()
     try:
         state = train(run, state)
-        if is_cut_short(run, state):
-            tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
-            tracker.log(state.global_step, "event", {"event": "stopped"})
-            return {"stopped_at_step": state.global_step}
-        return finish(run, state)
+        results = stop(run, state) if is_cut_short(run, state) else finish(run, state)
     finally:
         tracker.close()
         strategy.close()
+    if "stopped_at_step" in results:
+        requeue_after_stop(env)  # last: slurmctld ends every process of a requeued job
+    return results
+
+
+def stop(run: Run, state: TrainState) -> dict[str, Any]:
+    """Say where the run stopped (its checkpoint is written) and whether rank 0 requeues it."""
+    run.tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
+    run.tracker.log(state.global_step, "event", {"event": "stopped"})
+    if will_requeue(run.strategy.env):
+        run.tracker.log(state.global_step, "event", {"event": "requeue"})
+    return {"stopped_at_step": state.global_step}
 
 
 def train(run: Run, state: TrainState) -> TrainState:

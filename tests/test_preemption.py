@@ -92,3 +92,37 @@ def test_stop_during_evaluation_resumes_with_that_evaluation(
         got = json.loads((run_dir / "results" / f"{split}.json").read_text())
         want = json.loads((full / "results" / f"{split}.json").read_text())
         assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_only_rank_0_of_a_requeueable_slurm_job_requeues_and_only_while_allowed() -> None:
+    from nluft.distributed import DistEnv
+    from nluft.preemption import will_requeue
+
+    job = DistEnv(slurm_job_id="7", slurm_requeue=True, slurm_max_requeues=3)
+    assert will_requeue(job)
+    assert not will_requeue(DistEnv(slurm_job_id="7", slurm_max_requeues=3)), "not nluft submit"
+    assert not will_requeue(DistEnv(slurm_requeue=True, slurm_max_requeues=3)), "not in Slurm"
+    assert not will_requeue(DistEnv(**{**job.__dict__, "rank": 1}))
+    assert not will_requeue(DistEnv(**{**job.__dict__, "slurm_restart_count": 3}))
+
+
+def test_at_the_requeue_limit_rank_0_says_so_and_calls_no_scontrol(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nluft.distributed import DistEnv
+    from nluft.preemption import requeue_after_stop
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # a call to scontrol would report a failure
+    env = DistEnv(slurm_job_id="7", slurm_requeue=True, slurm_max_requeues=2, slurm_restart_count=2)
+    requeue_after_stop(env)
+    err = capsys.readouterr().err
+    assert "not requeueing job 7: it was requeued 2 times already (--max-requeues 2)" in err
+    assert "scontrol" not in err
+
+
+def test_dist_env_reads_what_the_job_script_exports() -> None:
+    from nluft.distributed.env import read_dist_env
+
+    env = read_dist_env({"NLUFT_REQUEUE": "1", "NLUFT_MAX_REQUEUES": "5", "SLURM_JOB_ID": "9"})
+    assert (env.slurm_requeue, env.slurm_max_requeues, env.slurm_job_id) == (True, 5, "9")
+    assert not read_dist_env({}).slurm_requeue
