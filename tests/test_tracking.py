@@ -1,27 +1,22 @@
 """W&B tracking read back from real offline run files, rank gating, secrets, and `nluft report`.
 
-The `.wandb` transaction log is decoded with wandb's own protobuf schema (`Record`). wandb 0.31
-ships no Python reader for it any more (the `datastore` module and `wandb sync --view` are gone;
-wandb-core reads it in Go), so the test reads the log's framing itself: a 7-byte header, then
-32 KiB blocks of CRC-checked chunks (the leveldb log format).
+The `.wandb` files are decoded with wandb's own protobuf schema (see wandb_files.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ROOT, nluft
+from wandb_files import Segment, clean_env, read_segments
 
 FAKE_KEY = "0123456789abcdef0123456789abcdeffakekey9"  # 40 characters, like a real W&B key
 SLURM = {
@@ -39,80 +34,6 @@ LAUNCHES: dict[str, tuple[list[str], list[str]]] = {
 TOTAL_STEPS = 60  # 240 examples / batch 8 x 2 epochs
 
 
-# --- reading a .wandb file ---------------------------------------------------------------------
-
-
-def read_wandb_log(path: Path) -> list[Any]:
-    """Every record of one `.wandb` file, parsed with wandb.proto's `Record`."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    ident, magic, version = struct.unpack("<4sHB", data[:7])
-    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), "not a W&B transaction log"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is zero padding
-            pos += block - pos % block
-            continue
-        crc, length, chunk_type = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if chunk_type == 0 and length == 0:
-            break  # preallocated zeros after the last record
-        assert zlib.crc32(chunk, zlib.crc32(bytes([chunk_type]))) & 0xFFFFFFFF == crc
-        pending += chunk
-        if chunk_type in (1, 4):  # FULL or LAST chunk: a record is complete
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-@dataclass
-class Segment:
-    """One process's part of a W&B run: its run record, history rows, config, summary."""
-
-    run: Any = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    artifacts: list[Any] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, path: Path) -> Segment:
-        seg = cls()
-        for record in read_wandb_log(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                seg.run = record.run
-                seg.config.update(config_items(record.run.config.update))
-            elif kind == "config":
-                seg.config.update(config_items(record.config.update))
-            elif kind == "history":
-                seg.history.append(
-                    {item_key(i): json.loads(i.value_json) for i in record.history.item}
-                )
-            elif kind == "summary":
-                seg.summary.update(
-                    {item_key(i): json.loads(i.value_json) for i in record.summary.update}
-                )
-            elif kind == "artifact":
-                seg.artifacts.append(record.artifact)
-        return seg
-
-    def steps(self, key: str) -> list[int]:
-        return [row["_step"] for row in self.history if key in row]
-
-
-def item_key(item: Any) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-def config_items(items: Any) -> dict[str, Any]:
-    return {item_key(i): json.loads(i.value_json) for i in items}
-
-
 # --- one tracked run, stopped by SIGTERM and resumed ---------------------------------------------
 
 
@@ -123,19 +44,6 @@ class TrackedRun:
     segments: list[Segment]
     outputs: list[str]
     env: dict[str, str]
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The test's environment without any real W&B settings, with HOME in a temporary dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
-    env.pop("NETRC", None)
-    return {
-        **env,
-        "HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module", params=list(LAUNCHES))
@@ -205,8 +113,7 @@ def tracked(
         timeout=300,
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # named by start time
-    segments = [Segment.read(f) for f in files]
+    segments = read_segments(run_dir)
     return TrackedRun(run_dir, home, segments, [out1, err1, second.stdout, second.stderr], env)
 
 
@@ -470,3 +377,24 @@ def test_dist_env_reads_the_slurm_job() -> None:
     )
     assert (env.slurm_restart_count, env.slurm_node_list, env.rank) == (2, "n[1-2]", 1)
     assert read_dist_env({}).slurm_restart_count == 0, "unset before the first requeue"
+
+
+def test_an_evaluation_cut_short_by_a_stop_reaches_wandb_on_resume(tmp_path: Path) -> None:
+    """Stopped during step 12's evaluation: the resumed run's evaluation lands just past 12."""
+    from nluft.tracking import Tracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb_run_id").write_text("cuteval1\n")
+    lines = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, 13)]
+    lines.insert(6, {"step": 6, "kind": "eval/validation", "accuracy": 0.5})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    tracker = Tracker(run_dir, is_main=True, progress_bar=False)
+    tracker.open(tracking_config(tmp_path), {"world_size": 1})
+    tracker.log(6, "eval/validation", {"accuracy": 0.5})  # replayed: W&B has it
+    tracker.log(12, "eval/validation", {"accuracy": 0.75})  # the one the stop cut short
+    tracker.log(13, "train", {"loss": 0.5})
+    tracker.close()
+    [segment] = read_segments(run_dir)
+    assert segment.steps("eval/validation/accuracy") == [13]
+    assert segment.steps("train/loss") == [13]
