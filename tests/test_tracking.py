@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import ROOT, nluft
@@ -25,11 +25,30 @@ SLURM = {
     "SLURM_ARRAY_TASK_ID": "2",
     "SLURM_JOB_NODELIST": "n[1-2]",
 }
-# How the training command starts. A 2-rank launch goes here once the ddp strategy exists, e.g.
-# "ddp-2-ranks": ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-#                  "-m", "nluft"], ["strategy.name=ddp"]); every test below must then still hold.
-LAUNCHES: dict[str, tuple[list[str], list[str]]] = {
-    "one-process": ([sys.executable, "-m", "nluft"], []),
+
+
+class Launch(NamedTuple):
+    """How the training command starts, and what that launch should record and return."""
+
+    command: list[str]
+    overrides: list[str]
+    stop_code: int  # exit code after SIGTERM (checkpointed either way)
+    world_size: int
+    strategy: str
+
+
+NLUFT = [sys.executable, "-m", "nluft"]
+LAUNCHES = {
+    "one-process": Launch([*NLUFT, "train"], [], 3, 1, "single"),
+    # torchrun's agent forwards SIGTERM to the ranks, then reports the signal (128 + 15).
+    # Batch 4 per rank keeps the effective batch, so both launches make the same 60 steps.
+    "ddp-2-ranks": Launch(
+        [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"],
+        ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
+        143,
+        2,
+        "ddp",
+    ),
 }
 TOTAL_STEPS = 60  # 240 examples / batch 8 x 2 epochs
 
@@ -44,6 +63,8 @@ class TrackedRun:
     segments: list[Segment]
     outputs: list[str]
     env: dict[str, str]
+    launch: str
+    started: float
 
 
 @pytest.fixture(scope="module", params=list(LAUNCHES))
@@ -55,7 +76,7 @@ def tracked(
 ) -> TrackedRun:
     import yaml
 
-    launcher, extra_overrides = LAUNCHES[request.param]
+    launch = LAUNCHES[request.param]
     tmp = tmp_path_factory.mktemp("tracking")
     home = tmp / "home"
     home.mkdir()
@@ -83,7 +104,8 @@ def tracked(
     }
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [*launcher, "train", str(config), *extra_overrides]
+    cmd = [*launch.command, str(config), *launch.overrides]
+    started = time.time()
     # First start: mode online but no API key anywhere and no TTY -> offline, never a prompt.
     first = subprocess.Popen(
         cmd,
@@ -100,7 +122,7 @@ def tracked(
         time.sleep(0.005)
     first.send_signal(signal.SIGTERM)  # as Slurm does before a requeue
     out1, err1 = first.communicate(timeout=240)
-    assert first.returncode == 3, err1[-3000:]
+    assert first.returncode == launch.stop_code, err1[-3000:]
     # The requeued job: same run dir, restart count 1, a (fake) API key in the environment.
     env = clean_env(home, **SLURM, SLURM_RESTART_COUNT="1", WANDB_API_KEY=FAKE_KEY)
     second = subprocess.run(
@@ -114,7 +136,8 @@ def tracked(
     )
     assert second.returncode == 0, second.stderr[-3000:]
     segments = read_segments(run_dir)
-    return TrackedRun(run_dir, home, segments, [out1, err1, second.stdout, second.stderr], env)
+    outputs = [out1, err1, second.stdout, second.stderr]
+    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started)
 
 
 def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -> None:
@@ -125,6 +148,23 @@ def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -
         assert seg.run.project == "nluft"
         assert seg.run.run_group == "slurm-array-4240", "array jobs are grouped by default"
         assert list(seg.run.tags) == ["ci", "tiny"]
+
+
+def test_one_wandb_run_whatever_the_number_of_ranks(tracked: TrackedRun) -> None:
+    """Rank 0 alone starts W&B: one run folder per process start, all of the saved id."""
+    saved = (tracked.run_dir / "wandb_run_id").read_text().strip()
+    folders = sorted(p.name for p in (tracked.run_dir / "wandb").glob("*-run-*"))
+    assert len(folders) == 2 and all(name.endswith(f"-{saved}") for name in folders), folders
+    # Nothing from another rank in the default places W&B writes to (cwd, HOME).
+    elsewhere = [ROOT / "wandb", tracked.home / "wandb", tracked.home / ".config" / "wandb"]
+    stray = [
+        p
+        for d in elsewhere
+        if d.is_dir()
+        for p in d.rglob("*")
+        if p.stat().st_mtime >= tracked.started
+    ]
+    assert not stray, stray
 
 
 def test_resumed_run_continues_the_step_axis(tracked: TrackedRun) -> None:
@@ -189,7 +229,9 @@ def test_config_holds_the_resolved_config_and_the_job(tracked: TrackedRun) -> No
     assert second["tracking"]["wandb"]["enabled"] is True
     assert second["model"]["name_or_path"].endswith("tiny-bert0")
     job = second["run"]
-    assert (job["world_size"], job["strategy"], job["precision"]) == (1, "single", "fp32")
+    launch = LAUNCHES[tracked.launch]
+    assert (job["world_size"], job["strategy"]) == (launch.world_size, launch.strategy)
+    assert job["precision"] == "fp32"
     assert job["total_steps"] == TOTAL_STEPS and job["effective_batch"] == 8
     assert (job["slurm_job_id"], job["slurm_array_task_id"]) == ("4242", "2")
     assert job["slurm_node_list"] == "n[1-2]"
