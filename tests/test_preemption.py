@@ -126,3 +126,54 @@ def test_dist_env_reads_what_the_job_script_exports() -> None:
     env = read_dist_env({"NLUFT_REQUEUE": "1", "NLUFT_MAX_REQUEUES": "5", "SLURM_JOB_ID": "9"})
     assert (env.slurm_requeue, env.slurm_max_requeues, env.slurm_job_id) == (True, 5, "9")
     assert not read_dist_env({}).slurm_requeue
+
+
+def test_a_stop_on_one_rank_stops_both_ranks_at_the_same_evaluation_batch(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """Only rank 1 gets the signal; rank 0 learns of it through the agreement and stops too."""
+    import psutil
+
+    validation = write_csv(tmp_path / "big_validation.csv", sentiment_rows(300, seed=5))
+    common = [
+        str(tiny_config),
+        f"data.validation_file={validation}",
+        "strategy.name=ddp",
+        "train.max_steps=6",
+        "train.eval_strategy=steps",
+        f"train.eval_steps={EVAL_STEP}",
+        "train.logging_steps=1",
+        "train.per_device_train_batch_size=8",
+        "train.per_device_eval_batch_size=2",
+    ]
+    run_dir = tmp_path / "cut"
+    launch = [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"]
+    proc = subprocess.Popen(
+        [*launch, *common, f"output_dir={run_dir}"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_step(proc, run_dir, EVAL_STEP)
+    [rank1] = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if p.environ().get("RANK") == "1"
+    ]
+    rank1.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 3, err[-2000:]  # both ranks exited 3: stopped, checkpointed
+    assert f"step {EVAL_STEP}: evaluation stopped after " in err, "rank 0 abandoned it too"
+    [ckpt] = (run_dir / "checkpoints").glob("step-*")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert (state["global_step"], state["pending_eval"]) == (EVAL_STEP, True)
+    resumed = subprocess.run(
+        [*launch, *common, f"output_dir={run_dir}", "--resume"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["step"] for r in records(run_dir, "eval/validation")] == [EVAL_STEP, 2 * EVAL_STEP]
