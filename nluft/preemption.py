@@ -18,6 +18,8 @@ from typing import Any
 
 from nluft.distributed import DistEnv, Strategy
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
 
 class StopFlag:
     """Set by SIGTERM/SIGUSR1 on this rank; `agree` makes every rank see the same answer."""
@@ -25,7 +27,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.requested = False  # this rank received a signal
         self.agreed = False  # every rank knows that some rank received one
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self.handle)
 
     def handle(self, signum: int, frame: Any) -> None:
@@ -39,6 +41,12 @@ class StopFlag:
         """
         if not self.agreed:
             self.agreed = strategy.any_rank(self.requested)
+            if self.agreed:
+                # From here on the run stops by itself. A later signal (torchrun's agent tearing
+                # down the ranks once one has exited, a requeue) must not kill it while it writes,
+                # nor at interpreter exit, where Python restores the default handlers.
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
         return self.agreed
 
 

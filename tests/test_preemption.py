@@ -38,12 +38,10 @@ def wait_for_step(proc: subprocess.Popen[str], run_dir: Path, step: int) -> None
     pytest.fail(f"training never reached step {step}")
 
 
-def test_stop_during_evaluation_resumes_with_that_evaluation(
-    tiny_config: Path, tmp_path: Path
-) -> None:
-    # A validation set large enough that evaluating it takes seconds, next to ms-long steps.
+def slow_eval_args(tiny_config: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """Config and overrides: 6 ms-long steps, an evaluation every 3 that takes ~100x longer."""
     validation = write_csv(tmp_path / "big_validation.csv", sentiment_rows(300, seed=5))
-    common = [
+    return [
         str(tiny_config),
         f"data.validation_file={validation}",
         "train.max_steps=6",
@@ -51,7 +49,14 @@ def test_stop_during_evaluation_resumes_with_that_evaluation(
         f"train.eval_steps={EVAL_STEP}",
         "train.logging_steps=1",
         "train.per_device_eval_batch_size=2",
+        *extra,
     ]
+
+
+def test_stop_during_evaluation_resumes_with_that_evaluation(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    common = slow_eval_args(tiny_config, tmp_path)
     full = tmp_path / "full"
     nluft("train", *common, f"output_dir={full}", check=True, timeout=300)
     run_dir = tmp_path / "cut"
@@ -134,18 +139,9 @@ def test_a_stop_on_one_rank_stops_both_ranks_at_the_same_evaluation_batch(
     """Only rank 1 gets the signal; rank 0 learns of it through the agreement and stops too."""
     import psutil
 
-    validation = write_csv(tmp_path / "big_validation.csv", sentiment_rows(300, seed=5))
-    common = [
-        str(tiny_config),
-        f"data.validation_file={validation}",
-        "strategy.name=ddp",
-        "train.max_steps=6",
-        "train.eval_strategy=steps",
-        f"train.eval_steps={EVAL_STEP}",
-        "train.logging_steps=1",
-        "train.per_device_train_batch_size=8",
-        "train.per_device_eval_batch_size=2",
-    ]
+    common = slow_eval_args(
+        tiny_config, tmp_path, "strategy.name=ddp", "train.per_device_train_batch_size=8"
+    )
     run_dir = tmp_path / "cut"
     launch = [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"]
     proc = subprocess.Popen(
