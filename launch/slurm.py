@@ -5,11 +5,18 @@ into the run directory and calls the real `sbatch`.
 
 The script runs one srun task per node; each task starts torchrun with `procs_per_node` workers and
 a c10d rendezvous on the allocation's first host, on a port derived from the job id (jobs that
-share a host never collide on 29500). Preemption and wall time: Slurm sends USR1 to the batch shell
-`signal_seconds` early; the trap sends SIGTERM to the job step's torchrun agents, which pass it to
-the workers, whose handler only sets a flag; the loop agrees on it across ranks, checkpoints
-atomically and exits. The batch shell then requeues the job unless the run finished or
-`max_requeues` is reached; the requeued job resumes from that checkpoint by itself.
+share a host never collide on 29500).
+
+Preemption and wall time: Slurm sends USR1 to the batch shell `signal_seconds` early; the trap
+sends USR1 to the job step (TERM would kill a W&B service, wandb-core, in the step); torchrun's
+agents, told to handle USR1, pass it to the workers, whose handler only sets a flag. The training
+and evaluation loops agree on it across ranks, checkpoint atomically and exit with code 3. Rank 0
+then requeues the job itself (`scontrol requeue`; the script exports NLUFT_REQUEUE=1 and
+NLUFT_MAX_REQUEUES) once the checkpoint, metrics and W&B run are written, unless the run finished
+or SLURM_RESTART_COUNT reached the maximum, which it says. The requeued job finds config.yaml in
+the run dir and resumes from that checkpoint by itself. The batch shell only reports how training
+ended; it does not requeue after a crash (a deterministic error would only fail again, and Slurm
+requeues a `--requeue` job whose node fails by itself).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from nluft.config import Config
 from nluft.errors import NluftError
 
 FINISHED_MARKER = "results/train.json"  # written by nluft only when training ran to its end
+# torchrun's agents handle these and pass them to the workers; USR1 is not among its defaults.
+AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ def render_script(
         'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "PORT=$((20000 + SLURM_JOB_ID % 20000))",
         "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 PYTHONUNBUFFERED=1",
+        "# Rank 0 requeues the job after a stop checkpoint, at most this many times.",
+        f"export NLUFT_REQUEUE=1 NLUFT_MAX_REQUEUES={opts.max_requeues}",
         'RESUME=(); [ -f "$RUN_DIR/config.yaml" ] && RESUME=(--resume)',
     ]
     if array:
@@ -145,6 +156,7 @@ def render_script(
             "--rdzv-backend=c10d",
             "--rdzv-endpoint=$HEAD:$PORT",
             "--rdzv-id=$SLURM_JOB_ID",
+            f"--signals-to-handle={AGENT_SIGNALS}",
             "-m nluft train",
             shlex.quote(config_path),
             *map(shlex.quote, overrides),
@@ -153,9 +165,9 @@ def render_script(
     body += [
         f'srun --kill-on-bad-exit=1 {train}{sweep} "output_dir=$RUN_DIR" "${{RESUME[@]}}" &',
         "PID=$!",
-        "# Signal the step's torchrun agents (not srun: it would kill the step after KillWait);",
-        "# they pass SIGTERM to the workers, which checkpoint at the next step and exit.",
-        'STOP=\'echo "nluft: stop signal; checkpointing"; scancel -s TERM "$SLURM_JOB_ID.0"\'',
+        "# Signal the step's processes (not srun: it would kill the step after KillWait). USR1,",
+        "# not TERM: the W&B service (wandb-core) exits on TERM; torchrun agents pass USR1 on.",
+        'STOP=\'echo "nluft: stop signal; checkpointing"; scancel -s USR1 "$SLURM_JOB_ID.0"\'',
         'trap "$STOP" USR1 TERM',
         "# wait returns early when the trap fires; keep waiting until training has exited",
         'while :; do wait "$PID"; RC=$?; kill -0 "$PID" 2>/dev/null || break; done',
@@ -165,19 +177,11 @@ def render_script(
 
 
 def requeue_lines(opts: SubmitOptions) -> list[str]:
-    """After training exits: done, give up, requeue to resume, or fail before any checkpoint."""
+    """After training exits: report how. Rank 0 has requeued a stopped job, or said why not."""
     return [
         f'if [ -f "$RUN_DIR/{FINISHED_MARKER}" ]; then echo "nluft: run finished"; exit 0; fi',
-        f'if [ "${{SLURM_RESTART_COUNT:-0}}" -ge {opts.max_requeues} ]; then',
-        f'  echo "nluft: not finished after {opts.max_requeues} requeues; giving up (exit $RC)"',
-        '  exit "$RC"',
-        "fi",
-        'if [ -n "$(ls "$RUN_DIR"/checkpoints/step-* 2>/dev/null)" ]; then',
-        '  echo "nluft: requeueing job $SLURM_JOB_ID to resume from the latest checkpoint"',
-        '  scontrol requeue "$SLURM_JOB_ID"',
-        "  exit 0",
-        "fi",
-        'echo "nluft: training failed before its first checkpoint (exit $RC)"',
+        'echo "nluft: training exited ($RC) before the run finished; after a stop, rank 0 says'
+        f' above whether it requeued the job (at most {opts.max_requeues} times)"',
         'exit "$RC"',
     ]
 

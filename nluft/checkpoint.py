@@ -51,6 +51,9 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     finished: bool = False
+    # A stop cut the evaluation of `global_step` short; it runs first on resume, so the best
+    # step and early stopping come out as in an uninterrupted run. (Older checkpoints: False.)
+    pending_eval: bool = False
     bad_steps: int = 0  # consecutive steps with a NaN/Inf loss or gradient
     train_seconds: float = 0.0  # time in training steps (evaluation and checkpoints excluded)
     real_tokens: int = 0  # non-pad tokens seen by this rank

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from nluft.models import load_exported
 from nluft.tasks import Task, build_task
 
 
+class EvaluationStopped(Exception):
+    """A stop request cut an evaluation short; every rank raises it before the same batch."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"evaluation stopped after {done} of {total} batches")
+        self.done, self.total = done, total
+
+
 def head_output(outputs: Any, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of any head; QA's start/end logits stacked as (batch, seq, 2).
 
@@ -35,9 +44,18 @@ def head_output(outputs: Any, attention_mask: torch.Tensor | None = None) -> tor
 
 
 def run_inference(
-    strategy: Strategy, task: Task, features: Dataset, batch_size: int, pad_token_id: int
+    strategy: Strategy,
+    task: Task,
+    features: Dataset,
+    batch_size: int,
+    pad_token_id: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[np.ndarray], float | None]:
-    """Logits of every feature in feature order, and the mean loss when features have labels."""
+    """Logits of every feature in feature order, and the mean loss when features have labels.
+
+    `should_stop` is asked before every batch and must give every rank the same answer (it is
+    agreed across ranks); when it says yes, `EvaluationStopped` is raised on every rank.
+    """
     env = strategy.env
     lengths = features["length"]
     columns = [c for c in (*MODEL_INPUTS, "labels") if c in features.column_names]
@@ -49,7 +67,10 @@ def run_inference(
     with strategy.eval_mode():
         # Sharded models (ZeRO-3, FSDP) run collectives in every forward, so every rank runs the
         # same number of batches; a rank with fewer examples repeats one and discards the output.
-        for step in range(num_eval_steps(len(lengths), batch_size, env.world_size)):
+        total = num_eval_steps(len(lengths), batch_size, env.world_size)
+        for step in range(total):
+            if should_stop is not None and should_stop():
+                raise EvaluationStopped(step, total)
             keep = step < len(batches)
             indices = batches[step] if keep else (batches[0] if batches else [0])
             batch = collate(features.select_columns(columns)[indices], pad_token_id)
@@ -92,9 +113,10 @@ def evaluate_split(
     features: Dataset,
     batch_size: int,
     pad_token_id: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, float], list[Any]]:
     """Metrics of one split (identical on every rank) and the per-example predictions."""
-    logits, loss = run_inference(strategy, task, features, batch_size, pad_token_id)
+    logits, loss = run_inference(strategy, task, features, batch_size, pad_token_id, should_stop)
     predictions = task.predict(logits, features, examples)
     metrics = task.score(predictions, task.references(examples))
     if loss is not None:

@@ -46,8 +46,8 @@ class Tracker:
         self.is_main = is_main
         self.progress_bar = progress_bar and is_main
         self.bar: tqdm[Any] | None = None
-        # Steps up to `floor` reached W&B before this process started (resume, requeue).
-        self.floor = last_logged_step(run_dir / "metrics.jsonl") if is_main else 0
+        # What reached W&B before this process started (resume, requeue): last step per kind.
+        self.logged = last_logged_steps(run_dir / "metrics.jsonl") if is_main else {}
         self.file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8") if is_main else None
         self.hardware: Hardware | None = None
         self.world_size = 1
@@ -58,7 +58,7 @@ class Tracker:
         self.hardware, self.world_size = hardware, int(facts.get("world_size", 1))
         wcfg = cfg.tracking.wandb
         if self.is_main and wcfg.enabled and wcfg.mode != "disabled":
-            self.wandb = WandbSink(self.run_dir, cfg, facts, self.floor, self.info)
+            self.wandb = WandbSink(self.run_dir, cfg, facts, self.logged, self.info)
 
     def start(self, total_steps: int, done_steps: int) -> None:
         if self.progress_bar:
@@ -139,12 +139,13 @@ class WandbSink:
         run_dir: Path,
         cfg: Config,
         facts: dict[str, Any],
-        floor: int,
+        logged: dict[str, int],
         say: Callable[[str], None],
     ) -> None:
         self.wandb = import_wandb()
         self.cfg = cfg.tracking.wandb
-        self.floor, self.step, self.say = floor, floor, say
+        self.logged, self.say = logged, say
+        self.floor = self.step = max(logged.values(), default=0)
         self.stopped = self.summarized = False
         mode, reason = choose_mode(self.cfg.mode, os.environ)
         if reason:
@@ -181,8 +182,8 @@ class WandbSink:
             return self.wandb.init(mode="offline", **kwargs)
 
     def log(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
-        if kind.startswith(REPLAYED) and step <= self.floor:
-            return
+        if kind.startswith(REPLAYED) and step <= self.logged.get(kind, 0):
+            return  # recomputed by a resumed run exactly as W&B already has it
         if kind == "event":
             data = {f"event/{metrics['event']}": 1}
             if metrics["event"] == "stopped":
@@ -190,9 +191,9 @@ class WandbSink:
                 self.run.mark_preempting()
         else:
             data = {f"{kind}/{k}": v for k, v in metrics.items() if is_number(v)}
-        # Events and final metrics after a hard kill land just past what W&B already holds.
-        lowest = self.step if kind.startswith(REPLAYED) else max(self.step, self.floor + 1)
-        self.step = max(step, lowest)
+        # W&B steps only increase, so what a resumed run logs at or below a step an earlier
+        # process sent (events, final metrics, an evaluation a stop cut short) lands just past it.
+        self.step = max(step, self.step, self.floor + 1)
         self.run.log(data, step=self.step)
 
     def log_confusion_matrix(self, split: str, labels: list[str], matrix: list[list[int]]) -> None:
@@ -221,6 +222,9 @@ class WandbSink:
         # 0 after a full run; the CLI's stop code after a signal; 1 when training raised.
         code = 0 if self.summarized else EXIT_STOPPED if self.stopped else 1
         self.run.finish(exit_code=code)
+        # finish() can return before wandb-core has written the run's last records; teardown
+        # waits for it. A requeue must not kill the job before the run file is complete.
+        self.wandb.teardown()
 
 
 def import_wandb() -> Any:
@@ -300,17 +304,19 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def last_logged_step(path: Path) -> int:
-    """The highest step in an existing metrics.jsonl (0 for a new run)."""
+def last_logged_steps(path: Path) -> dict[str, int]:
+    """The highest step of each kind in an existing metrics.jsonl (empty for a new run)."""
     if not path.is_file():
-        return 0
-    steps = [0]
+        return {}
+    steps: dict[str, int] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            steps.append(int(json.loads(line)["step"]))
+            record = json.loads(line)
+            kind, step = str(record["kind"]), int(record["step"])
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a hard kill
-    return max(steps)
+        steps[kind] = max(step, steps.get(kind, 0))
+    return steps
 
 
 def is_number(value: Any) -> bool:

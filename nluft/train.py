@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,23 +33,12 @@ from nluft.data.sampling import rank_slice, train_batches
 from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
-from nluft.evaluate import evaluate_split, head_output
+from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
 from nluft.hardware import describe_hardware
 from nluft.models import build_model, build_tokenizer
+from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (preemption, wall time); the loop checkpoints and exits."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self.handle)
-
-    def handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
 
 
 @dataclass
@@ -117,11 +105,7 @@ def main(
     heartbeat.start()
     try:
         state = train(run, state)
-        if run.stop.requested and not state.finished:
-            tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
-            tracker.log(state.global_step, "event", {"event": "stopped"})
-            return {"stopped_at_step": state.global_step}
-        return finish(run, state)
+        results = stop(run, state) if is_cut_short(run, state) else finish(run, state)
     except RuntimeError as err:  # a failed collective: name the rank that stopped answering
         heartbeat.explain(err, cfg.strategy.timeout_s)
         raise
@@ -129,15 +113,31 @@ def main(
         heartbeat.stop()
         tracker.close()
         strategy.close()
+    if "stopped_at_step" in results:
+        requeue_after_stop(env)  # last: slurmctld ends every process of a requeued job
+    return results
+
+
+def stop(run: Run, state: TrainState) -> dict[str, Any]:
+    """Say where the run stopped (its checkpoint is written) and whether rank 0 requeues it."""
+    run.tracker.info(f"stopped at step {state.global_step} on request; resume with --resume")
+    run.tracker.log(state.global_step, "event", {"event": "stopped"})
+    if will_requeue(run.strategy.env):
+        run.tracker.log(state.global_step, "event", {"event": "requeue"})
+    return {"stopped_at_step": state.global_step}
 
 
 def train(run: Run, state: TrainState) -> TrainState:
     """Optimizer steps until `plan.total_steps`, early stopping, or a stop request."""
     cfg, strategy, plan, tracker = run.cfg, run.strategy, run.plan, run.tracker
     accum = cfg.train.gradient_accumulation_steps
-    meter = Meter()
     strategy.unwrapped().train()  # from_pretrained returns the model in eval mode (no dropout)
     tracker.start(plan.total_steps, state.global_step)
+    if state.pending_eval:  # a stop cut this step's evaluation short: finish the step first
+        settle_step(run, state)
+        if state.finished or run.stop.agreed:
+            return state
+    meter = Meter()
     while not state.finished:
         batches = epoch_batches(run, state.epoch)
         for i in range(state.batch_in_epoch, len(batches)):
@@ -164,21 +164,30 @@ def train(run: Run, state: TrainState) -> TrainState:
             state.finished = state.global_step >= plan.total_steps
             paused = time.perf_counter()
             if is_healthy(run, state, grad_norm):  # a skipped (NaN/Inf) step is never saved
-                if eval_due(cfg, state, len(batches) // accum):
-                    evaluate_and_track(run, state)
-                new_best = state.best_step == state.global_step  # load_best_model_at_end needs it
-                if (
-                    save_due(cfg, state, len(batches) // accum)
-                    or new_best
-                    or run.strategy.any_rank(run.stop.requested)
-                ):
-                    run.checkpointer.save(state)
-                    tracker.log(state.global_step, "event", {"event": "checkpoint"})
+                settle_step(run, state)
             meter.start += time.perf_counter() - paused  # throughput counts training time only
-            if state.finished or run.stop.requested:
+            if state.finished or run.stop.agreed:
                 return state
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return state
+
+
+def settle_step(run: Run, state: TrainState) -> None:
+    """After a step: evaluate when due, then checkpoint when due, on a new best, or to stop."""
+    steps_per_epoch = run.plan.steps_per_epoch
+    if state.pending_eval or eval_due(run.cfg, state, steps_per_epoch):
+        # A stop may cut it short: then the stop checkpoint carries it to the resumed run.
+        state.pending_eval = not evaluate_and_track(run, state)
+    new_best = state.best_step == state.global_step  # load_best_model_at_end needs it
+    stopping = run.stop.agree(run.strategy)  # every step, on every rank: it is a collective
+    if save_due(run.cfg, state, steps_per_epoch) or new_best or stopping:
+        run.checkpointer.save(state)
+        run.tracker.log(state.global_step, "event", {"event": "checkpoint"})
+
+
+def is_cut_short(run: Run, state: TrainState) -> bool:
+    """A stop request ended training early, or cut the last step's evaluation short."""
+    return run.stop.agreed and (not state.finished or state.pending_eval)
 
 
 def is_healthy(run: Run, state: TrainState, grad_norm: float) -> bool:
@@ -294,7 +303,8 @@ def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float) -> No
         meter.reset()
 
 
-def evaluate(run: Run, split: str) -> tuple[dict[str, float], list[Any]]:
+def evaluate(run: Run, split: str, stoppable: bool = False) -> tuple[dict[str, float], list[Any]]:
+    """Metrics and predictions of one split; `stoppable`: a stop request abandons it."""
     data = run.data
     return evaluate_split(
         run.strategy,
@@ -303,14 +313,19 @@ def evaluate(run: Run, split: str) -> tuple[dict[str, float], list[Any]]:
         data.features[split],
         run.cfg.train.per_device_eval_batch_size,
         run.pad_id,
+        (lambda: run.stop.agree(run.strategy)) if stoppable else None,
     )
 
 
-def evaluate_and_track(run: Run, state: TrainState) -> None:
-    """Validation metrics; track the best step and early stopping."""
+def evaluate_and_track(run: Run, state: TrainState) -> bool:
+    """Validation metrics; track the best step and early stopping. False: a stop cut it short."""
     if "validation" not in run.data.features:
-        return
-    metrics, _ = evaluate(run, "validation")
+        return True
+    try:
+        metrics, _ = evaluate(run, "validation", stoppable=True)
+    except EvaluationStopped as stop:
+        run.tracker.info(f"step {state.global_step}: {stop}; it runs again on resume")
+        return False
     run.tracker.log(state.global_step, "eval/validation", metrics)
     run.tracker.info(f"step {state.global_step}: " + short(metrics, run.task.default_metric))
     name = run.cfg.train.metric_for_best_model or run.task.default_metric
@@ -333,6 +348,7 @@ def evaluate_and_track(run: Run, state: TrainState) -> None:
         if patience and state.evals_without_improvement >= patience:
             run.tracker.info(f"early stopping: no improvement in {name} for {patience} evaluations")
             state.finished = True
+    return True
 
 
 def short(metrics: dict[str, float], main_metric: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, nluft
+from wandb_files import clean_env, read_segments
 
 pytestmark = pytest.mark.slurm
 CLUSTER = ROOT / "slurm" / "local_cluster.sh"
@@ -102,7 +103,14 @@ def test_preempted_job_checkpoints_requeues_and_resumes(
     ]
     nluft("train", *args, f"output_dir={tmp_path / 'reference'}", check=True, timeout=420)
     run_dir = tmp_path / "preempted"
-    job = job_id(nluft("submit", *args, f"output_dir={run_dir}", check=True).stdout)
+    home = tmp_path / "home"
+    home.mkdir()
+    # W&B offline, no API key anywhere: sbatch passes this environment on to the job.
+    wandb = ["tracking.wandb.enabled=true", "tracking.wandb.mode=offline"]
+    submitted = nluft(
+        "submit", *args, *wandb, f"output_dir={run_dir}", check=True, env=clean_env(home)
+    )
+    job = job_id(submitted.stdout)
     deadline = time.time() + 300
     while not list((run_dir / "checkpoints").glob("step-*")) and time.time() < deadline:
         time.sleep(0.05)
@@ -111,14 +119,33 @@ def test_preempted_job_checkpoints_requeues_and_resumes(
     log = (run_dir / "slurm" / f"slurm-{job}.out").read_text()
     assert state.get("JobState") == "COMPLETED", log[-3000:]
     assert state.get("Restarts") == "1", "requeued exactly once"
-    assert "stop signal; checkpointing" in log and "requeueing job" in log
-    assert "resumed from" in log and "nluft: run finished" in log
+    assert "stop signal; checkpointing" in log and "resumed from" in log
+    assert log.count(f"nluft: requeueing job {job} (1 of 3)") == 1, "rank 0 requeued, once"
+    assert "nluft: run finished" in log
     stopped_at = int(log.split("stopped at step ")[1].split()[0])
     assert 0 < stopped_at < 400
     assert train_steps(run_dir) == list(range(1, 401)), "no step lost or repeated"
     assert results(run_dir)["loss"] == pytest.approx(
         results(tmp_path / "reference")["loss"], abs=1e-6
     )
+    check_one_wandb_run(run_dir, job, stopped_at)
+
+
+def check_one_wandb_run(run_dir: Path, job: str, stopped_at: int) -> None:
+    """Both job segments wrote one W&B run: one id, one unbroken step axis, the Slurm job."""
+    first, second = read_segments(run_dir)
+    saved = (run_dir / "wandb_run_id").read_text().strip()
+    assert first.run.run_id == second.run.run_id == saved
+    assert first.steps("train/loss") == list(range(1, stopped_at + 1))
+    assert second.steps("train/loss") == list(range(stopped_at + 1, 401))
+    assert first.steps("event/requeue") == [stopped_at]
+    assert min(row["_step"] for row in second.history) > max(r["_step"] for r in first.history)
+    for seg, restarts in ((first, 0), (second, 1)):
+        steps = [row["_step"] for row in seg.history]
+        assert steps == sorted(set(steps)), "no step repeated within a segment"
+        facts = seg.config["run"]
+        assert (facts["slurm_job_id"], facts["slurm_restart_count"]) == (job, restarts)
+    assert second.summary["global_step"] == 400
 
 
 def test_array_sweep_gives_one_run_per_point_and_a_ranking(

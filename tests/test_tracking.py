@@ -1,27 +1,22 @@
 """W&B tracking read back from real offline run files, rank gating, secrets, and `nluft report`.
 
-The `.wandb` transaction log is decoded with wandb's own protobuf schema (`Record`). wandb 0.31
-ships no Python reader for it any more (the `datastore` module and `wandb sync --view` are gone;
-wandb-core reads it in Go), so the test reads the log's framing itself: a 7-byte header, then
-32 KiB blocks of CRC-checked chunks (the leveldb log format).
+The `.wandb` files are decoded with wandb's own protobuf schema (see wandb_files.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import ROOT, nluft
+from wandb_files import Segment, clean_env, read_segments
 
 FAKE_KEY = "0123456789abcdef0123456789abcdeffakekey9"  # 40 characters, like a real W&B key
 SLURM = {
@@ -30,87 +25,32 @@ SLURM = {
     "SLURM_ARRAY_TASK_ID": "2",
     "SLURM_JOB_NODELIST": "n[1-2]",
 }
-# How the training command starts. A 2-rank launch goes here once the ddp strategy exists, e.g.
-# "ddp-2-ranks": ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-#                  "-m", "nluft"], ["strategy.name=ddp"]); every test below must then still hold.
-LAUNCHES: dict[str, tuple[list[str], list[str]]] = {
-    "one-process": ([sys.executable, "-m", "nluft"], []),
+
+
+class Launch(NamedTuple):
+    """How the training command starts, and what that launch should record and return."""
+
+    command: list[str]
+    overrides: list[str]
+    stop_code: int  # exit code after SIGTERM (checkpointed either way)
+    world_size: int
+    strategy: str
+
+
+NLUFT = [sys.executable, "-m", "nluft"]
+LAUNCHES = {
+    "one-process": Launch([*NLUFT, "train"], [], 3, 1, "single"),
+    # torchrun's agent forwards SIGTERM to the ranks, then reports the signal (128 + 15).
+    # Batch 4 per rank keeps the effective batch, so both launches make the same 60 steps.
+    "ddp-2-ranks": Launch(
+        [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"],
+        ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
+        143,
+        2,
+        "ddp",
+    ),
 }
 TOTAL_STEPS = 60  # 240 examples / batch 8 x 2 epochs
-
-
-# --- reading a .wandb file ---------------------------------------------------------------------
-
-
-def read_wandb_log(path: Path) -> list[Any]:
-    """Every record of one `.wandb` file, parsed with wandb.proto's `Record`."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    ident, magic, version = struct.unpack("<4sHB", data[:7])
-    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), "not a W&B transaction log"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # a block's tail too short for a header is zero padding
-            pos += block - pos % block
-            continue
-        crc, length, chunk_type = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if chunk_type == 0 and length == 0:
-            break  # preallocated zeros after the last record
-        assert zlib.crc32(chunk, zlib.crc32(bytes([chunk_type]))) & 0xFFFFFFFF == crc
-        pending += chunk
-        if chunk_type in (1, 4):  # FULL or LAST chunk: a record is complete
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
-@dataclass
-class Segment:
-    """One process's part of a W&B run: its run record, history rows, config, summary."""
-
-    run: Any = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    artifacts: list[Any] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, path: Path) -> Segment:
-        seg = cls()
-        for record in read_wandb_log(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                seg.run = record.run
-                seg.config.update(config_items(record.run.config.update))
-            elif kind == "config":
-                seg.config.update(config_items(record.config.update))
-            elif kind == "history":
-                seg.history.append(
-                    {item_key(i): json.loads(i.value_json) for i in record.history.item}
-                )
-            elif kind == "summary":
-                seg.summary.update(
-                    {item_key(i): json.loads(i.value_json) for i in record.summary.update}
-                )
-            elif kind == "artifact":
-                seg.artifacts.append(record.artifact)
-        return seg
-
-    def steps(self, key: str) -> list[int]:
-        return [row["_step"] for row in self.history if key in row]
-
-
-def item_key(item: Any) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-def config_items(items: Any) -> dict[str, Any]:
-    return {item_key(i): json.loads(i.value_json) for i in items}
 
 
 # --- one tracked run, stopped by SIGTERM and resumed ---------------------------------------------
@@ -123,19 +63,8 @@ class TrackedRun:
     segments: list[Segment]
     outputs: list[str]
     env: dict[str, str]
-
-
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The test's environment without any real W&B settings, with HOME in a temporary dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "SLURM_"))}
-    env.pop("NETRC", None)
-    return {
-        **env,
-        "HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        **extra,
-    }
+    launch: str
+    started: float
 
 
 @pytest.fixture(scope="module", params=list(LAUNCHES))
@@ -147,7 +76,7 @@ def tracked(
 ) -> TrackedRun:
     import yaml
 
-    launcher, extra_overrides = LAUNCHES[request.param]
+    launch = LAUNCHES[request.param]
     tmp = tmp_path_factory.mktemp("tracking")
     home = tmp / "home"
     home.mkdir()
@@ -175,7 +104,8 @@ def tracked(
     }
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [*launcher, "train", str(config), *extra_overrides]
+    cmd = [*launch.command, str(config), *launch.overrides]
+    started = time.time()
     # First start: mode online but no API key anywhere and no TTY -> offline, never a prompt.
     first = subprocess.Popen(
         cmd,
@@ -192,7 +122,7 @@ def tracked(
         time.sleep(0.005)
     first.send_signal(signal.SIGTERM)  # as Slurm does before a requeue
     out1, err1 = first.communicate(timeout=240)
-    assert first.returncode == 3, err1[-3000:]
+    assert first.returncode == launch.stop_code, err1[-3000:]
     # The requeued job: same run dir, restart count 1, a (fake) API key in the environment.
     env = clean_env(home, **SLURM, SLURM_RESTART_COUNT="1", WANDB_API_KEY=FAKE_KEY)
     second = subprocess.run(
@@ -205,9 +135,9 @@ def tracked(
         timeout=300,
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))  # named by start time
-    segments = [Segment.read(f) for f in files]
-    return TrackedRun(run_dir, home, segments, [out1, err1, second.stdout, second.stderr], env)
+    segments = read_segments(run_dir)
+    outputs = [out1, err1, second.stdout, second.stderr]
+    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started)
 
 
 def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -> None:
@@ -218,6 +148,23 @@ def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -
         assert seg.run.project == "nluft"
         assert seg.run.run_group == "slurm-array-4240", "array jobs are grouped by default"
         assert list(seg.run.tags) == ["ci", "tiny"]
+
+
+def test_one_wandb_run_whatever_the_number_of_ranks(tracked: TrackedRun) -> None:
+    """Rank 0 alone starts W&B: one run folder per process start, all of the saved id."""
+    saved = (tracked.run_dir / "wandb_run_id").read_text().strip()
+    folders = sorted(p.name for p in (tracked.run_dir / "wandb").glob("*-run-*"))
+    assert len(folders) == 2 and all(name.endswith(f"-{saved}") for name in folders), folders
+    # Nothing from another rank in the default places W&B writes to (cwd, HOME).
+    elsewhere = [ROOT / "wandb", tracked.home / "wandb", tracked.home / ".config" / "wandb"]
+    stray = [
+        p
+        for d in elsewhere
+        if d.is_dir()
+        for p in d.rglob("*")
+        if p.stat().st_mtime >= tracked.started
+    ]
+    assert not stray, stray
 
 
 def test_resumed_run_continues_the_step_axis(tracked: TrackedRun) -> None:
@@ -283,7 +230,9 @@ def test_config_holds_the_resolved_config_and_the_job(tracked: TrackedRun) -> No
     assert second["tracking"]["wandb"]["enabled"] is True
     assert second["model"]["name_or_path"].endswith("tiny-bert0")
     job = second["run"]
-    assert (job["world_size"], job["strategy"], job["precision"]) == (1, "single", "fp32")
+    launch = LAUNCHES[tracked.launch]
+    assert (job["world_size"], job["strategy"]) == (launch.world_size, launch.strategy)
+    assert job["precision"] == "fp32"
     assert job["total_steps"] == TOTAL_STEPS and job["effective_batch"] == 8
     assert (job["slurm_job_id"], job["slurm_array_task_id"]) == ("4242", "2")
     assert job["slurm_node_list"] == "n[1-2]"
@@ -488,3 +437,24 @@ def test_dist_env_reads_the_slurm_job() -> None:
     )
     assert (env.slurm_restart_count, env.slurm_node_list, env.rank) == (2, "n[1-2]", 1)
     assert read_dist_env({}).slurm_restart_count == 0, "unset before the first requeue"
+
+
+def test_an_evaluation_cut_short_by_a_stop_reaches_wandb_on_resume(tmp_path: Path) -> None:
+    """Stopped during step 12's evaluation: the resumed run's evaluation lands just past 12."""
+    from nluft.tracking import Tracker
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "wandb_run_id").write_text("cuteval1\n")
+    lines = [{"step": s, "kind": "train", "loss": 1.0} for s in range(1, 13)]
+    lines.insert(6, {"step": 6, "kind": "eval/validation", "accuracy": 0.5})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    tracker = Tracker(run_dir, is_main=True, progress_bar=False)
+    tracker.open(tracking_config(tmp_path), {"world_size": 1})
+    tracker.log(6, "eval/validation", {"accuracy": 0.5})  # replayed: W&B has it
+    tracker.log(12, "eval/validation", {"accuracy": 0.75})  # the one the stop cut short
+    tracker.log(13, "train", {"loss": 0.5})
+    tracker.close()
+    [segment] = read_segments(run_dir)
+    assert segment.steps("eval/validation/accuracy") == [13]
+    assert segment.steps("train/loss") == [13]

@@ -21,6 +21,9 @@ class DistEnv:
     slurm_array_task_id: str | None = None
     slurm_restart_count: int = 0
     slurm_node_list: str | None = None
+    # Set by the job script of `nluft submit`: rank 0 requeues a stopped job (nluft.preemption).
+    slurm_requeue: bool = False
+    slurm_max_requeues: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -35,7 +38,9 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
     """RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE as torchrun sets them (default: 1 process).
 
     Also the Slurm job id, array job and task ids, restart count (unset before the first
-    requeue) and node list, so that a requeued or array job can be identified.
+    requeue) and node list, so that a requeued or array job can be identified; and whether
+    `nluft submit`'s script asked rank 0 to requeue the job after a stop (NLUFT_REQUEUE=1,
+    NLUFT_MAX_REQUEUES).
     """
     env = os.environ if environ is None else environ
     return DistEnv(
@@ -48,4 +53,6 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
         slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
         slurm_restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
         slurm_node_list=env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"),
+        slurm_requeue=env.get("NLUFT_REQUEUE") == "1",
+        slurm_max_requeues=int(env.get("NLUFT_MAX_REQUEUES") or 0),
     )
