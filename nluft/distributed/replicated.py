@@ -31,7 +31,7 @@ class ReplicatedStrategy(Strategy):
     def setup(self, model: torch.nn.Module, plan: Plan) -> None:
         model = model.to(self.device)
         # The optimizer holds the plain module's parameters; a wrapper shares the same tensors.
-        self.optimizer = build_optimizer(model, self.cfg.train)
+        self.optimizer = build_optimizer(model, self.cfg.train, fused=True)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train, plan)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.effective_batch = plan.effective_batch
