@@ -297,6 +297,7 @@ def describe_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"] if not isinstance(part, int)]
     key = ".".join(loc)
+    key = key if key.isprintable() else repr(key)[1:-1]  # a newline in a key stays one line
     kind = first["type"]
     if kind == "extra_forbidden":
         section = section_model(loc[:-1])
