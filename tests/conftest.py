@@ -11,6 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (a red CI run is reproducible); set
+# NLUFT_HYPOTHESIS=explore to search with fresh random examples on each run.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("NLUFT_HYPOTHESIS", "ci"))
 
 ROOT = Path(__file__).resolve().parents[1]
 POSITIVE = ["good", "great", "wonderful", "moving", "funny", "brilliant", "charming", "superb"]
