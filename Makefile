@@ -17,7 +17,7 @@ test: $(STAMP) $(ASSETS)
 	$(BIN)/ruff format --check nluft launch tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix nluft launch tests benchmarks

