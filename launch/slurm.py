@@ -17,10 +17,19 @@ or SLURM_RESTART_COUNT reached the maximum, which it says. The requeued job find
 the run dir and resumes from that checkpoint by itself. The batch shell only reports how training
 ended; it does not requeue after a crash (a deterministic error would only fail again, and Slurm
 requeues a `--requeue` job whose node fails by itself).
+
+Untrusted text never becomes shell code: every value in an `#SBATCH` line must be one printable
+line (a newline would end the directive and start a shell line), and is quoted when it holds
+spaces; the python path, workdir, config path and overrides are shell-quoted. Secrets stay out of
+job.sbatch: a `--setup` line or override that holds one (nluft.redaction) is replaced by a
+reference to an environment variable (`NLUFT_SECRET_*`) that `submit` hands to sbatch in its
+environment, never on a command line; sbatch stores the job's environment with the job, so a
+requeued job has it too.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass, field
@@ -28,6 +37,7 @@ from pathlib import Path
 
 from nluft.config import Config
 from nluft.errors import NluftError
+from nluft.redaction import has_secret
 
 FINISHED_MARKER = "results/train.json"  # written by nluft only when training ran to its end
 # torchrun's agents handle these and pass them to the workers; USR1 is not among its defaults.
@@ -83,14 +93,27 @@ def check_layout(cfg: Config, opts: SubmitOptions) -> int:
     return world
 
 
+def header_value(key: str, value: object) -> str:
+    """`value` as sbatch reads it from an `#SBATCH` line; refused when it could end that line."""
+    text = str(value)
+    if not text.isprintable() or '"' in text or "\\" in text:
+        shown = repr(text)[1:-1]
+        raise NluftError(
+            f"{key}: {shown!r} cannot go into an #SBATCH line; use one line of printable "
+            "characters without quotes or backslashes"
+        )
+    return f'"{text}"' if " " in text else text
+
+
 def sbatch_lines(cfg: Config, opts: SubmitOptions, run_dir: Path) -> list[str]:
     array = bool(opts.array_overrides)
     log = run_dir / "slurm" / ("slurm-%A_%a.out" if array else "slurm-%j.out")
+    job_name = header_value("--job-name", opts.job_name or "nluft-" + run_dir.name)
     lines = [
-        f"--job-name={opts.job_name or 'nluft-' + run_dir.name}",
+        f"--job-name={job_name}",
         f"--nodes={opts.nodes}",
         "--ntasks-per-node=1",
-        f"--output={log}",
+        f"--output={header_value('output_dir', log)}",
         "--open-mode=append",
         "--requeue",
         f"--signal=B:USR1@{opts.signal_seconds}",
@@ -109,13 +132,44 @@ def sbatch_lines(cfg: Config, opts: SubmitOptions, run_dir: Path) -> list[str]:
     ):
         value = getattr(opts, name)
         if value is not None:
-            lines.append(f"--{name.replace('_', '-')}={value}")
+            flag = f"--{name.replace('_', '-')}"
+            lines.append(f"{flag}={header_value(flag, value)}")
     if opts.exclusive:
         lines.append("--exclusive")
     if array:
         lines.append(f"--array=0-{len(opts.array_overrides) - 1}")
-    lines.extend(opts.extra_sbatch)
+    lines.extend(header_value("#SBATCH line", extra) for extra in opts.extra_sbatch)
     return lines
+
+
+def secret_env(overrides: list[str], opts: SubmitOptions) -> dict[str, str]:
+    """Setup lines and overrides that hold a secret, by the variable that carries them to the job.
+
+    `submit` passes these to sbatch in its environment; the script names only the variables.
+    """
+    env = {f"NLUFT_SECRET_SETUP_{i}": line for i, line in enumerate(opts.setup_lines)}
+    env |= {f"NLUFT_SECRET_ARG_{i}": arg for i, arg in enumerate(overrides)}
+    return {name: value for name, value in env.items() if has_secret(value)}
+
+
+def setup_body(opts: SubmitOptions, secrets: dict[str, str]) -> list[str]:
+    """The `--setup` lines; one that holds a secret runs from its environment variable."""
+    lines = []
+    for i, line in enumerate(opts.setup_lines):
+        name = f"NLUFT_SECRET_SETUP_{i}"
+        if name in secrets:
+            lines += [
+                f"# --setup line {i + 1} holds a secret: nluft submit passed it in the job's "
+                "environment, not in this file",
+                f'eval "${{{name}:?{SECRET_MISSING}}}"',
+            ]
+        else:
+            lines.append(line)
+    return lines
+
+
+# Shown when sbatch did not pass the submitting environment on (e.g. SBATCH_EXPORT=NONE).
+SECRET_MISSING = "set by nluft submit in the job environment; sbatch --export must include it"
 
 
 def render_script(
@@ -129,11 +183,16 @@ def render_script(
         f"{shlex.quote(str(run_dir))}/$SLURM_ARRAY_TASK_ID" if array else shlex.quote(str(run_dir))
     )
     header = ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines(cfg, opts, run_dir))]
+    secrets = secret_env(overrides, opts)
+    args = [
+        f'"${{{name}:?{SECRET_MISSING}}}"' if name in secrets else shlex.quote(arg)
+        for name, arg in ((f"NLUFT_SECRET_ARG_{i}", a) for i, a in enumerate(overrides))
+    ]
     body = [
         "# Rendered by `nluft submit`; the job resumes itself after preemption or requeue.",
         "set -uo pipefail",
         f"cd {shlex.quote(str(workdir))}",
-        *opts.setup_lines,
+        *setup_body(opts, secrets),
         f"RUN_DIR={run_ref}",
         'HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "PORT=$((20000 + SLURM_JOB_ID % 20000))",
@@ -148,7 +207,7 @@ def render_script(
     sweep = ' "${SWEEP_ARGS[@]}"' if array else ""
     train = " ".join(
         [
-            opts.python,
+            shlex.quote(opts.python),
             "-m torch.distributed.run",
             "--nnodes=$SLURM_NNODES",
             f"--nproc-per-node={opts.nproc_per_node}",
@@ -159,7 +218,7 @@ def render_script(
             f"--signals-to-handle={AGENT_SIGNALS}",
             "-m nluft train",
             shlex.quote(config_path),
-            *map(shlex.quote, overrides),
+            *args,
         ]
     )
     body += [
@@ -186,15 +245,22 @@ def requeue_lines(opts: SubmitOptions) -> list[str]:
     ]
 
 
-def submit(script: str, cfg: Config) -> tuple[str, Path]:
-    """Write the script into the run dir and call sbatch; return the job id and script path."""
+def submit(script: str, cfg: Config, secrets: dict[str, str] | None = None) -> tuple[str, Path]:
+    """Write the script into the run dir and call sbatch; return the job id and script path.
+
+    `secrets` (from `secret_env`) reach sbatch in its environment, which it passes to the job.
+    """
     slurm_dir = Path(cfg.output_dir) / "slurm"
     slurm_dir.mkdir(parents=True, exist_ok=True)
     path = slurm_dir / "job.sbatch"
     path.write_text(script)
     try:
         proc = subprocess.run(
-            ["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60
+            ["sbatch", "--parsable", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(secrets or {})},
         )
     except FileNotFoundError:
         raise NluftError("sbatch not found: run nluft submit on a Slurm login node") from None

@@ -335,7 +335,7 @@ def test_online_without_a_key_goes_offline(tmp_path: Path) -> None:
 
 
 def test_secret_looking_config_keys_are_redacted() -> None:
-    from nluft.tracking import redact
+    from nluft.redaction import redact
 
     out = redact({"hf_token": "x", "a": {"api_key": "y", "tokenizer_name_or_path": "bert"}})
     assert out == {
