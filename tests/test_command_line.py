@@ -1,4 +1,4 @@
-"""The command line: `key=value` overrides before or after the flags, in every verb that takes them."""
+"""`key=value` overrides before or after the flags, in every verb that takes them."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ def test_one_node_gets_a_free_port_and_c10d() -> None:
     assert args[5:] == [
         "--rdzv-conf=join_timeout=600,is_host=1",
         "--max-restarts=0",
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         "--module",
         "nluft",
         "train",

@@ -6,6 +6,7 @@ The `.wandb` files are decoded with wandb's own protobuf schema (see wandb_files
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from conftest import ROOT, nluft
 from wandb_files import Segment, clean_env, read_segments
 
 FAKE_KEY = "0123456789abcdef0123456789abcdeffakekey9"  # 40 characters, like a real W&B key
+# A token passed as a value (an override on the command line): redacted by its shape.
+URL_TOKEN = "hf_" + "Q7w" * 12
+SECRET_NAME = f"https://me:{URL_TOKEN}@runs.example.org"
 SLURM = {
     "SLURM_JOB_ID": "4242",
     "SLURM_ARRAY_JOB_ID": "4240",
@@ -40,12 +44,13 @@ class Launch(NamedTuple):
 NLUFT = [sys.executable, "-m", "nluft"]
 LAUNCHES = {
     "one-process": Launch([*NLUFT, "train"], [], 3, 1, "single"),
-    # torchrun's agent forwards SIGTERM to the ranks, then reports the signal (128 + 15).
+    # torchrun's agent forwards SIGTERM to the ranks, which checkpoint and exit 3; so does
+    # `nluft launch`, with one line saying where the run stopped.
     # Batch 4 per rank keeps the effective batch, so both launches make the same 60 steps.
     "ddp-2-ranks": Launch(
         [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"],
         ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
-        143,
+        3,
         2,
         "ddp",
     ),
@@ -65,6 +70,7 @@ class TrackedRun:
     env: dict[str, str]
     launch: str
     started: float
+    command: list[str]
 
 
 @pytest.fixture(scope="module", params=list(LAUNCHES))
@@ -104,7 +110,7 @@ def tracked(
     }
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [*launch.command, str(config), *launch.overrides]
+    cmd = [*launch.command, str(config), *launch.overrides, f"tracking.wandb.name={SECRET_NAME}"]
     started = time.time()
     # First start: mode online but no API key anywhere and no TTY -> offline, never a prompt.
     first = subprocess.Popen(
@@ -137,7 +143,7 @@ def tracked(
     assert second.returncode == 0, second.stderr[-3000:]
     segments = read_segments(run_dir)
     outputs = [out1, err1, second.stdout, second.stderr]
-    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started)
+    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started, cmd)
 
 
 def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -> None:
@@ -241,14 +247,40 @@ def test_config_holds_the_resolved_config_and_the_job(tracked: TrackedRun) -> No
     assert job["git_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
 
 
-def test_no_api_key_in_run_dir_logs_or_config(tracked: TrackedRun) -> None:
-    needle = FAKE_KEY.encode()
+@pytest.mark.parametrize("secret", [FAKE_KEY, URL_TOKEN])
+def test_no_secret_in_run_dir_logs_or_config(tracked: TrackedRun, secret: str) -> None:
+    needle = secret.encode()
     files = [p for p in tracked.run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 20
     leaked = [str(p) for p in files if needle in p.read_bytes()]
     assert not leaked, leaked
-    assert not any(FAKE_KEY in text for text in tracked.outputs)
-    assert FAKE_KEY not in json.dumps([seg.config for seg in tracked.segments])
+    assert not any(secret in text for text in tracked.outputs)
+    assert secret not in json.dumps([seg.config for seg in tracked.segments])
+
+
+def test_a_secret_value_reaches_wandb_redacted(tracked: TrackedRun) -> None:
+    shown = "https://me:<redacted>@runs.example.org"
+    for seg in tracked.segments:
+        assert seg.config["tracking"]["wandb"]["name"] == shown
+        assert seg.run.display_name == shown
+    saved = (tracked.run_dir / "config.yaml").read_text()
+    assert f"name: {shown}" in saved
+
+
+def test_a_stopped_launch_ends_with_one_line_and_no_traceback(tracked: TrackedRun) -> None:
+    from nluft.redaction import redact_text
+
+    err = tracked.outputs[1]
+    assert "Traceback" not in err and "SignalException" not in err
+    if tracked.launch == "one-process":
+        return
+    step = int(err.split("stopped at step ")[1].split()[0])
+    lines = [x for x in err.splitlines() if x.startswith("nluft launch: node")]
+    assert lines == [
+        f"nluft launch: node 0: run stopped at step {step} on request (checkpoint written); "
+        "continue with: nluft launch --nproc-per-node 2 "
+        f"{redact_text(shlex.join(tracked.command[4:]))} --resume"
+    ]
 
 
 def test_offline_fallback_says_how_to_sync(tracked: TrackedRun) -> None:
