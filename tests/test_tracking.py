@@ -283,6 +283,28 @@ def test_a_stopped_launch_ends_with_one_line_and_no_traceback(tracked: TrackedRu
     ]
 
 
+def test_logged_learning_rates_follow_the_trainer_schedule_across_the_resume(
+    tracked: TrackedRun,
+) -> None:
+    """Oracle: transformers' linear schedule stepped once per optimizer step (the Trainer's)."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    schedule = get_scheduler("linear", optimizer, 0, TOTAL_STEPS)
+    expected = {}
+    for step in range(1, TOTAL_STEPS + 1):
+        optimizer.step()
+        schedule.step()
+        expected[step] = schedule.get_last_lr()[0]  # logged after the step, as the Trainer does
+    records = [
+        json.loads(line) for line in (tracked.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    logged = {r["step"]: r["learning_rate"] for r in records if r["kind"] == "train"}
+    assert sorted(logged) == list(range(2, TOTAL_STEPS + 1, 2))
+    assert logged == pytest.approx({s: expected[s] for s in logged}, rel=1e-6)
+
+
 def test_offline_fallback_says_how_to_sync(tracked: TrackedRun) -> None:
     err = tracked.outputs[1]
     assert "no API key" in err and "instead of prompting" in err
@@ -443,6 +465,50 @@ def test_memory_and_mfu_sample() -> None:
     with_attention = Hardware("cpu", "NVIDIA H100", 989e12, 6 * 110e6, 12 * 12 * 768)
     mfu = with_attention.sample(tokens_per_s=2.0e5, world_size=2, context=100.0)["mfu"]
     assert mfu == pytest.approx(2.0e5 * (6 * 110e6 + 12 * 12 * 768 * 100) / (2 * 989e12))
+
+
+@pytest.mark.parametrize("seq_len", [16, 128])
+def test_mfu_flops_agree_with_torchs_flop_counter(seq_len: int) -> None:
+    """The FLOPs MFU divides by, against torch's FLOP counter on a real forward and backward.
+
+    The counter counts matmuls only (2 FLOPs per multiply-add, backward twice the forward). The
+    formula counts 6 per parameter per token for every parameter outside the embedding tables:
+    it also counts biases and LayerNorm weights (no matmul) and applies the pooler and classifier
+    to every token, not once per sequence. So it may exceed the count by exactly 6 x tokens x those
+    parameters, never fall below it; softmax, GELU and dropout are in neither. Within that bound
+    the 6N and the attention term (12 x layers x hidden x context) are both checked: at 128 tokens
+    the attention term is half the total, at 16 a sixteenth.
+    """
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nluft.hardware import attention_flops_per_context, flops_per_token
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    batch = 4
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=torch.randint(0, 1000, (batch, seq_len))).logits.sum().backward()
+    counted = counter.get_total_flops()
+    tokens = batch * seq_len
+    formula = tokens * (flops_per_token(model) + attention_flops_per_context(model) * seq_len)
+    not_matmul = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    head = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("bert.pooler", "classifier"))
+    )
+    assert counted <= formula <= counted + 6 * tokens * (not_matmul + head)
+    assert formula / counted < 1.15  # tiny model: biases and norms are ~10% of its weights
 
 
 def test_meter_counts_the_attention_context_of_real_tokens() -> None:
