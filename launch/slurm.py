@@ -43,6 +43,7 @@ from nluft.redaction import has_secret
 
 FINISHED_MARKER = "results/train.json"  # written by nluft only when training ran to its end
 EXIT_STOPPED = 3  # every node stopped on request after checkpointing (nluft launch)
+NODE_RANK = 'exec "$@" --node-rank="$SLURM_NODEID"'  # run by bash on each node
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,6 @@ def render_script(
             "-m launch.cli launch",
             "--nnodes=$SLURM_NNODES",
             f"--nproc-per-node={opts.nproc_per_node}",
-            "--node-rank=$SLURM_NODEID",
             "--rdzv-endpoint=$HEAD:$PORT",
             "--rdzv-id=$SLURM_JOB_ID",
             shlex.quote(config_path),
@@ -223,7 +223,9 @@ def render_script(
     )
     body += [
         "# No --kill-on-bad-exit: a node that stopped (exit 3) must not kill one still writing.",
-        f'srun {train}{sweep} "output_dir=$RUN_DIR" "${{RESUME[@]}}" &',
+        "# Each task adds its own node rank (SLURM_NODEID differs per node, not in this shell).",
+        f"srun bash -c {shlex.quote(NODE_RANK)} node {train}{sweep} "
+        '"output_dir=$RUN_DIR" "${RESUME[@]}" &',
         "PID=$!",
         "# Signal the step's processes (not srun: it would kill the step after KillWait). USR1,",
         "# not TERM: the W&B service (wandb-core) exits on TERM; torchrun agents pass USR1 on.",

@@ -122,13 +122,17 @@ def test_values_with_spaces_and_shell_characters_stay_data(tmp_path: Path) -> No
     assert f'#SBATCH --output="{tmp_path}/my runs/a/slurm/slurm-%j.out"' in script
     assert '#SBATCH --job-name="x$(touch pwned)"' in script  # sbatch never runs #SBATCH lines
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
-    assert __import__("shlex").split(srun)[1] == f"{tmp_path}/py; touch pwned"
-    # Run the script's shell lines up to srun, with srun replaced by printing its arguments.
+    assert __import__("shlex").split(srun)[5] == f"{tmp_path}/py; touch pwned"
+    # Run the script's shell lines up to srun; srun runs its command as on node 1, where the
+    # "python" (a file named `py; touch pwned`) prints the arguments it gets.
     stub = tmp_path / "bin"
     stub.mkdir()
-    for tool in ("srun", "scontrol"):
-        (stub / tool).write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
-        (stub / tool).chmod(0o755)
+    (stub / "srun").write_text('#!/bin/sh\nSLURM_NODEID=1 exec "$@"\n')
+    (stub / "scontrol").write_text("#!/bin/sh\necho n1\n")
+    python = tmp_path / "py; touch pwned"
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    for tool in (stub / "srun", stub / "scontrol", python):
+        tool.chmod(0o755)
     env = {"PATH": f"{stub}:/usr/bin:/bin", "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1", **NODE}
     proc = subprocess.run(
         ["bash", "-c", script.split("\nPID=$!")[0] + "\nwait"],
@@ -139,7 +143,9 @@ def test_values_with_spaces_and_shell_characters_stay_data(tmp_path: Path) -> No
         timeout=30,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"{tmp_path}/py; touch pwned" in proc.stdout.splitlines()
+    args = proc.stdout.splitlines()
+    assert args[:3] == ["-m", "launch.cli", "launch"]
+    assert args[-3:] == ["train.seed=1", f"output_dir={tmp_path}/my runs/a", "--node-rank=1"]
     assert not (tmp_path / "pwned").exists()
 
 

@@ -207,7 +207,10 @@ def test_expected_metric_keys_and_summary(tracked: TrackedRun) -> None:
     summary = tracked.segments[-1].summary
     saved = json.loads((tracked.run_dir / "results" / "test.json").read_text())
     assert summary["final/test/accuracy"] == pytest.approx(saved["accuracy"])
-    assert summary["global_step"] == TOTAL_STEPS and summary["best_step"] > 0
+    lines = (tracked.run_dir / "metrics.jsonl").read_text().splitlines()
+    evaluated = {r["step"] for r in map(json.loads, lines) if r["kind"] == "eval/validation"}
+    assert evaluated == {20, 40, 60}
+    assert summary["global_step"] == TOTAL_STEPS and summary["best_step"] in evaluated
     models = [a for a in tracked.segments[-1].artifacts if a.type == "model"]
     assert [a.name for a in models] == [f"model-{tracked.segments[0].run.run_id}"]
 
