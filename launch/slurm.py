@@ -223,6 +223,7 @@ def render_script(
     )
     body += [
         "# No --kill-on-bad-exit: a node that stopped (exit 3) must not kill one still writing.",
+        "# A node that fails ends the others' collectives, or their rendezvous (timeout_s).",
         "# Each task adds its own node rank (SLURM_NODEID differs per node, not in this shell).",
         f"srun bash -c {shlex.quote(NODE_RANK)} node {train}{sweep} "
         '"output_dir=$RUN_DIR" "${RESUME[@]}" &',
