@@ -209,15 +209,15 @@ def stopped(
         signal.signal(other, signal.SIG_IGN)  # a second signal (a requeue) must not cut it short
     node = f"nluft launch: node {args.node_rank}"
     step = stop_step(Path(output_dir), started)
-    if step is None:  # no rank recorded a stop: the signal ended them before they could
-        name = sig.name if sig is not None else "a signal"
-        print(f"{node}: stopped by {name} before the run checkpointed", file=sys.stderr)
-        return 128 + int(sig) if sig is not None else 1
+    if step is None and sig is not None:  # no stop recorded: the signal ended the ranks first
+        print(f"{node}: stopped by {sig.name} before the run checkpointed", file=sys.stderr)
+        return 128 + int(sig)
+    where = f" at step {step}" if step is not None else ""  # else: every rank exited 3
     if os.environ.get("NLUFT_REQUEUE"):  # a job of `nluft submit`: its script requeues it
-        print(f"{node}: run stopped at step {step} for a requeue", file=sys.stderr)
+        print(f"{node}: run stopped{where} for a requeue", file=sys.stderr)
     else:
         print(
-            f"{node}: run stopped at step {step} on request (checkpoint written); continue "
+            f"{node}: run stopped{where} on request (checkpoint written); continue "
             f"with: {resume_command(args)}",
             file=sys.stderr,
         )
