@@ -21,7 +21,7 @@ def add_verbs(verbs: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.build_parser(extend=add_verbs).parse_args(argv)
+    args = cli.parse_args(cli.build_parser(extend=add_verbs), argv)
     verb = LAUNCH_VERBS.get(args.verb) or cli.VERBS[args.verb]
     return cli.run_verb(verb, args)
 

@@ -60,8 +60,7 @@ def sweep_sets(specs: list[str]) -> tuple[tuple[str, ...], ...]:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from launch.slurm import SubmitOptions, render_script, submit
-    from nluft.checkpoint import check_run_dir
+    from launch.slurm import SubmitOptions, render_script, secret_env, submit
     from nluft.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -90,8 +89,10 @@ def run_submit(args: argparse.Namespace) -> int:
         print(script, end="")
         return 0
     if not opts.array_overrides:
+        from nluft.checkpoint import check_run_dir  # imports torch: not for a dry run
+
         check_run_dir(cfg, resume=False, overwrite=False)
-    job, path = submit(script, cfg)
+    job, path = submit(script, cfg, secret_env(args.overrides, opts))
     log = (
         Path(cfg.output_dir)
         / "slurm"

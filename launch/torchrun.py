@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shlex
 import signal
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nluft.errors import NluftError
+from nluft.redaction import redact_text
 
 LOCAL_ENDPOINT = "127.0.0.1:0"  # port 0: the rendezvous store binds a free port
+# Signals the agents pass on to the ranks (which checkpoint and exit 3); USR1 is Slurm's warning
+# signal of choice and not among torchrun's defaults.
+AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+EXIT_STOPPED = 3  # every rank checkpointed and stopped on request; --resume continues
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,7 @@ def torchrun_args(plan: LaunchPlan) -> list[str]:
         # several agents share a host.
         f"--rdzv-conf=join_timeout={int(plan.timeout_s)},is_host={is_host}",
         f"--max-restarts={plan.max_restarts}",
+        f"--signals-to-handle={AGENT_SIGNALS}",
         "--module",
         "nluft",
         "train",
@@ -151,7 +159,9 @@ def check_output_dir(output_dir: str, resume: bool, overwrite: bool) -> None:
     run_dir = Path(output_dir)
     if resume and overwrite:
         raise NluftError("--resume and --overwrite contradict each other; pass one")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (resume or overwrite):
+    # `nluft submit` puts the job script and Slurm logs in RUN_DIR/slurm before training starts.
+    holds = run_dir.is_dir() and any(p.name != "slurm" for p in run_dir.iterdir())
+    if holds and not (resume or overwrite):
         raise NluftError(
             f"output_dir: {run_dir} already holds a run; pass --resume to continue it, "
             "--overwrite to replace it, or set output_dir=NEW_DIR"
@@ -166,27 +176,70 @@ def run_launch(args: argparse.Namespace) -> int:
     check_output_dir(cfg.output_dir, args.resume, args.overwrite)
     plan = build_plan(args, cfg.output_dir, cfg.strategy.timeout_s)
     argv = torchrun_args(plan)
-    print(f"nluft launch: torchrun {shlex.join(argv)}", file=sys.stderr, flush=True)
+    shown = redact_text(shlex.join(argv))
+    print(f"nluft launch: torchrun {shown}", file=sys.stderr, flush=True)
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    started = time.time()
     try:
         torchrun.run(torchrun.parse_args(argv))
     except ChildFailedError as err:
         codes = {failure.exitcode for failure in err.failures.values()}
-        # One code shared by every failed rank is passed on (2: bad input, 3: stopped on a signal).
-        if len(codes) == 1 and codes <= {2, 3}:
-            return codes.pop()
+        if codes == {EXIT_STOPPED}:
+            return stopped(args, cfg.output_dir, started, None)
+        if codes == {2}:  # bad input: every rank said which in one line
+            return 2
         exitcodes = {rank: failure.exitcode for rank, failure in err.failures.items()}
         print(failure_message(exitcodes, args), file=sys.stderr)
         return 1
     except SignalException as err:
-        # The agent forwarded the signal; ranks checkpoint on SIGTERM, so --resume continues.
-        print(f"nluft launch: stopped by signal {err.sigval.name}", file=sys.stderr)
-        return 128 + int(err.sigval)
+        # The agent passed the signal on and waited for the ranks; they checkpoint and exit 3.
+        return stopped(args, cfg.output_dir, started, signal.Signals(err.sigval))
     return 0
+
+
+def stopped(
+    args: argparse.Namespace, output_dir: str, started: float, sig: signal.Signals | None
+) -> int:
+    """One line for this node: where the run stopped and what continues it; the exit code."""
+    for other in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
+        signal.signal(other, signal.SIG_IGN)  # a second signal (a requeue) must not cut it short
+    node = f"nluft launch: node {args.node_rank}"
+    step = stop_step(Path(output_dir), started)
+    if step is None and sig is not None:  # no stop recorded: the signal ended the ranks first
+        print(f"{node}: stopped by {sig.name} before the run checkpointed", file=sys.stderr)
+        return 128 + int(sig)
+    where = f" at step {step}" if step is not None else ""  # else: every rank exited 3
+    if os.environ.get("NLUFT_REQUEUE"):  # a job of `nluft submit`: its script requeues it
+        print(f"{node}: run stopped{where} for a requeue", file=sys.stderr)
+    else:
+        print(
+            f"{node}: run stopped{where} on request (checkpoint written); continue "
+            f"with: {resume_command(args)}",
+            file=sys.stderr,
+        )
+    return EXIT_STOPPED
+
+
+def stop_step(run_dir: Path, since: float) -> int | None:
+    """The step of the last stop the ranks recorded in metrics.jsonl since `since`, if any."""
+    path = run_dir / "metrics.jsonl"
+    step = None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if record.get("event") == "stopped" and float(record["time"]) >= since - 1:
+                step = int(record["step"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # a line cut short by a hard kill
+    return step
 
 
 def failure_message(exitcodes: dict[int, int], args: argparse.Namespace) -> str:
@@ -231,4 +284,5 @@ def resume_command(args: argparse.Namespace) -> str:
     given = [
         item for flag, value, default in flags if value != default for item in (flag, str(value))
     ]
-    return shlex.join(["nluft", "launch", *given, args.config, *args.overrides, "--resume"])
+    command = shlex.join(["nluft", "launch", *given, args.config, *args.overrides, "--resume"])
+    return redact_text(command)  # printed into logs: a secret override shows as <redacted>

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -93,8 +94,32 @@ def add_run_verbs(verbs: Any) -> None:
     sweep.add_argument("--metric", help="validation metric (default: the run's best-model metric)")
 
 
+# A `key=value` override: a dotted config key, then `=` (a flag starts with `-`, a path rarely so).
+OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def parse_args(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse the command line; `key=value` overrides may stand before or after the flags.
+
+    argparse fills a `nargs="*"` positional only from the arguments before the first flag, so
+    overrides after a flag come back unrecognised: they are appended, in order, to the verb's.
+    """
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if OVERRIDE.match(item)]
+    unknown = [item for item in extra if not OVERRIDE.match(item)]
+    if overrides and not hasattr(args, "overrides"):
+        parser.error(f"nluft {args.verb} takes no key=value overrides (got {' '.join(overrides)})")
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_verb(VERBS[args.verb], args)
 
 

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from nluft.errors import NluftError
+from nluft.redaction import redact
 
 STRATEGY_NAMES = ("single", "ddp", "deepspeed", "fsdp")
 
@@ -350,8 +351,8 @@ def check_files(cfg: Config) -> None:
 
 
 def to_yaml(cfg: Config) -> str:
-    """The fully resolved config, as saved in the run directory."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config, as saved in the run directory, with any secret redacted."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)
 
 
 # --- derived settings ----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What the hardware does for a run: memory in use and model FLOPs utilisation (MFU).
 
 MFU = achieved model FLOPs / (the devices' dense peak at the run's precision). Model FLOPs per
-trained token: 6 x (parameters outside the input embedding), the usual estimate for a forward and
+trained token: 6 x (parameters outside the embedding tables), the usual estimate for a forward and
 backward pass, plus the attention term of the PaLM paper (appendix B), 12 x layers x hidden x the
 context the token attends to. With dynamic padding the context is the token's own sequence length,
 so the loop logs `attention_context` = sum(length^2) / sum(length) over its real tokens. Causal
@@ -45,13 +45,27 @@ def peak_flops(device_name: str, precision: str) -> float | None:
 
 
 def flops_per_token(model: Any) -> float:
-    """Training FLOPs per token: 6 x parameters outside the input embedding (whole model)."""
-    # ZeRO-3 leaves an empty tensor per parameter and keeps the full size in `ds_numel`.
-    total = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embedding is not None:
-        total -= getattr(embedding.weight, "ds_numel", embedding.weight.numel())
-    return 6.0 * total
+    """Training FLOPs per token: 6 x parameters outside embedding tables (whole model).
+
+    Every embedding table is a lookup, not a matmul: word, position and token-type embeddings
+    are left out (position embeddings alone are 512 x hidden, as many parameters as two layers
+    of a tiny model). A tied output projection (a decoder's LM head) still multiplies, but
+    nluft's heads are classification heads. Checked against torch's FLOP counter on a real
+    forward and backward (tests/test_tracking.py).
+    """
+    import torch
+
+    def size(p: Any) -> int:
+        # ZeRO-3 leaves an empty tensor per parameter and keeps the full size in `ds_numel`.
+        return int(getattr(p, "ds_numel", p.numel()))
+
+    tables = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, torch.nn.Embedding)
+        for p in module.parameters(recurse=False)
+    }
+    return 6.0 * sum(size(p) for p in model.parameters() if id(p) not in tables)
 
 
 def attention_flops_per_context(model: Any) -> float:

@@ -1,8 +1,6 @@
-"""AdamW with the usual no-decay groups, and warmup + decay learning-rate schedules."""
+"""AdamW with the usual no-decay groups, and the Hugging Face warmup + decay schedules."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -42,26 +40,19 @@ def build_optimizer(
     )
 
 
-def lr_multiplier(step: int, kind: str, warmup_steps: int, total_steps: int) -> float:
-    """Factor on the peak learning rate at optimizer step `step` (0-based)."""
-    if step < warmup_steps and kind != "constant":
-        return (step + 1) / (warmup_steps + 1)
-    if kind in ("constant", "constant_with_warmup"):
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(max(progress, 0.0), 1.0)
-    if kind == "linear":
-        return 1.0 - progress
-    if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"train.lr_scheduler_type: unknown schedule {kind!r}")
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, train: TrainConfig, plan: Plan
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR driven by `lr_multiplier`."""
-    kind, warmup, total = train.lr_scheduler_type, plan.warmup_steps, plan.total_steps
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, kind, warmup, total)
+    """The Hugging Face schedule of `train.lr_scheduler_type`, stepped once per optimizer step.
+
+    `transformers.get_scheduler` itself, so a run follows the Trainer's schedule exactly
+    (warmup from 0: the first optimizer step runs at learning rate 0 when warmup is set).
+    """
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        train.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=plan.warmup_steps,
+        num_training_steps=plan.total_steps,
     )

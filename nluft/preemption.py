@@ -3,8 +3,9 @@
 SIGTERM and SIGUSR1 only set a flag. The training loop (every step) and the evaluation loop
 (every batch) agree on it across ranks, so all ranks stop at the same point; the run then
 checkpoints and exits with code 3. In a job rendered by `nluft submit` (which exports
-NLUFT_REQUEUE=1 and NLUFT_MAX_REQUEUES), rank 0 then calls `scontrol requeue`, and the requeued
-job runs `nluft train --resume`. Requeueing a running job makes slurmctld signal and, after
+NLUFT_REQUEUE=launcher and NLUFT_MAX_REQUEUES), the job script calls `scontrol requeue` once every
+node has exited, and the requeued job runs `nluft train --resume`; with NLUFT_REQUEUE=1 (scripts
+rendered before) rank 0 calls it itself. Requeueing a running job makes slurmctld signal and, after
 KillWait, kill every process of the job, so it is the very last thing the run does: after the
 checkpoint, metrics.jsonl and the W&B run are written and closed.
 """
@@ -67,6 +68,8 @@ def requeue_after_stop(env: DistEnv) -> None:
     """
     if not (env.is_main and env.slurm_requeue and env.slurm_job_id):
         return
+    if env.slurm_requeue_by_launcher:
+        return  # the job script requeues once every node has exited: nothing is killed mid-way
     job, done, limit = env.slurm_job_id, env.slurm_restart_count, env.slurm_max_requeues
     if not will_requeue(env):
         say(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -26,14 +25,10 @@ from tqdm import tqdm
 from nluft.config import Config
 from nluft.errors import NluftError
 from nluft.hardware import Hardware
+from nluft.redaction import redact, redact_text
 
 RUN_ID_FILE = "wandb_run_id"
 EXIT_STOPPED = 3  # as the CLI's: stopped on a signal after checkpointing
-# Config keys whose values are never sent to W&B, whatever section they appear in.
-SECRET_KEY = re.compile(
-    r"(?:^|[_.-])(api_?key|auth|token|secret|password|passwd|credentials?)(?:$|[_.-])",
-    re.IGNORECASE,
-)
 # Kinds a resumed run recomputes identically; steps already sent before a hard kill are skipped.
 REPLAYED = ("train", "eval/")
 
@@ -161,18 +156,21 @@ class WandbSink:
     def init(self, run_dir: Path, run_id: str, mode: str, facts: dict[str, Any]) -> Any:
         """`wandb.init` that never prompts; an unreachable server means offline, not a crash."""
         array_job = facts.get("slurm_array_job_id")
+        group = self.cfg.group or (f"slurm-array-{array_job}" if array_job else None)
         kwargs = dict(
             project=self.cfg.project,
             entity=self.cfg.entity,
-            group=self.cfg.group or (f"slurm-array-{array_job}" if array_job else None),
-            tags=self.cfg.tags or None,
-            name=self.cfg.name or run_dir.resolve().name,
+            group=group and redact_text(group),
+            tags=redact(self.cfg.tags) or None,
+            name=redact_text(self.cfg.name or run_dir.resolve().name),
             id=run_id,
             resume="allow",
             dir=str(run_dir),
             # No git capture: a remote URL can carry a token. The commit is in the config instead.
             settings=self.wandb.Settings(disable_git=True, save_code=False, quiet=True),
         )
+        # W&B records the command line (sys.argv) in the run's metadata: hide any secret in it.
+        argv, sys.argv = sys.argv, [redact_text(arg) for arg in sys.argv]
         try:
             return self.wandb.init(mode=mode, **kwargs)
         except Exception as err:  # any W&B failure must not stop training
@@ -180,6 +178,8 @@ class WandbSink:
                 raise
             self.say(f"W&B init failed ({err}); continuing offline")
             return self.wandb.init(mode="offline", **kwargs)
+        finally:
+            sys.argv = argv
 
     def log(self, step: int, kind: str, metrics: dict[str, Any]) -> None:
         if kind.startswith(REPLAYED) and step <= self.logged.get(kind, 0):
@@ -277,16 +277,7 @@ def read_or_create_run_id(run_dir: Path) -> str:
 def wandb_config(cfg: Config, facts: dict[str, Any]) -> dict[str, Any]:
     """The fully resolved config plus run facts (Slurm, world size, strategy, precision, git)."""
     run = {**facts, "git_commit": git_commit()}
-    return redact({**cfg.model_dump(mode="json"), "run": run})
-
-
-def redact(value: Any) -> Any:
-    """A copy with every value under a secret-looking key replaced, at any depth."""
-    if isinstance(value, dict):
-        return {k: "<redacted>" if SECRET_KEY.search(k) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
+    return dict(redact({**cfg.model_dump(mode="json"), "run": run}))
 
 
 def git_commit() -> str:

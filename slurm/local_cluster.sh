@@ -70,10 +70,22 @@ remove_hosts() {
   fi
 }
 
+# Daemons must not inherit the caller's descriptors: under `flock LOCK slurm/local_cluster.sh start`
+# munged and slurmd would otherwise hold the lock for as long as they run.
+detached() {
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec "$@"
+  )
+}
+
 start_munge() {
   install -d -o munge -g munge -m 0755 /run/munge
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged
+    detached runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return; sleep 0.1; done
     echo "munged did not come up" >&2; exit 1
   fi
@@ -84,9 +96,9 @@ start() {
   write_conf
   add_hosts
   start_munge
-  pidalive /run/slurmctld.pid || slurmctld
-  pidalive /run/slurmd-n1.pid || slurmd -N n1
-  pidalive /run/slurmd-n2.pid || slurmd -N n2
+  pidalive /run/slurmctld.pid || detached slurmctld
+  pidalive /run/slurmd-n1.pid || detached slurmd -N n1
+  pidalive /run/slurmd-n2.pid || detached slurmd -N n2
   for _ in $(seq 150); do
     if [ "$(sinfo -h -o '%t' 2>/dev/null | sort -u | tr -d '\n')" = "idle" ]; then
       scontrol update nodename=n1,n2 state=resume >/dev/null 2>&1 || true

@@ -14,6 +14,7 @@ examples are windowed into several features, are trained briefly in phase 1 (see
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 
 import dist_jobs
 import pytest
+import yaml
 from conftest import ROOT
 from test_ner import tagged_sentences, write_conll
 from test_qa import FIXTURES
@@ -401,4 +403,12 @@ def test_nluft_launch_trains_on_2_ranks_while_port_29500_is_taken(
     plan = json.loads((run_dir / "plan.json").read_text())
     assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, "ddp")
     assert (run_dir / "export" / "model.safetensors").is_file()
-    assert json.loads((run_dir / "results" / "test.json").read_text())["accuracy"] >= 0
+    # Every test example scored exactly once across the 2 ranks: per-class support = the file's.
+    test = json.loads((run_dir / "results" / "test.json").read_text())
+    cfg = yaml.safe_load(tiny_config.read_text())
+    rows = Path(cfg["data"]["test_file"]).read_text().splitlines()
+    labels = [row["label"] for row in csv.DictReader(rows)]
+    assert {k: v for k, v in test.items() if k.endswith("/support")} == {
+        f"{name}/support": labels.count(name) for name in set(labels)
+    }
+    assert test["accuracy"] * len(labels) == pytest.approx(round(test["accuracy"] * len(labels)))

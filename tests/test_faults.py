@@ -400,36 +400,48 @@ def test_zero_collectives_give_up_after_strategy_timeout(
 
 
 def test_heartbeats_name_and_kill_only_the_rank_that_stopped(tmp_path: Path) -> None:
-    """The diagnosis alone: rank 0's thread beats; rank 1 is a stopped process on this host."""
+    """The diagnosis alone: rank 0's thread beats; rank 1 is a stopped process on this host.
+
+    Ranks 2 and 3 are gone and their pids run other processes: one started at another time, one
+    at the very same time but with another command line (as after an exec). Neither is killed.
+    """
+    import hashlib
+
     from nluft.distributed.env import DistEnv
-    from nluft.distributed.heartbeat import Beat, Heartbeat, start_time
+    from nluft.distributed.heartbeat import Beat, Heartbeat, cmdline_hash, start_time
     from nluft.errors import NluftError
 
-    frozen, bystander = subprocess.Popen(["sleep", "120"]), subprocess.Popen(["sleep", "120"])
+    procs = [subprocess.Popen(["sleep", "120"]) for _ in range(3)]
+    frozen, bystander, same_start = procs
     os.kill(frozen.pid, signal.SIGSTOP)
     host = __import__("socket").gethostname()
     beats = tmp_path / "heartbeats"
     beats.mkdir()
-    stopped = Beat(1, 7, 9, frozen.pid, host, start_time(frozen.pid), time.time() - 20)
-    # Rank 2 is gone and its pid now runs another process (other start time): never killed.
-    reused = Beat(2, 3, 9, bystander.pid, host, "1", time.time() - 20)
-    for beat in (stopped, reused):
+    then = time.time() - 20
+    other_program = hashlib.sha256(b"python\0-m\0nluft\0train\0").hexdigest()
+    written = [
+        Beat(1, 7, 9, frozen.pid, host, start_time(frozen.pid), cmdline_hash(frozen.pid), then),
+        Beat(2, 3, 9, bystander.pid, host, "1", cmdline_hash(bystander.pid), then),
+        Beat(3, 3, 9, same_start.pid, host, start_time(same_start.pid), other_program, then),
+    ]
+    for beat in written:
         (beats / f"rank-{beat.rank}.json").write_text(json.dumps(beat.__dict__))
-    heartbeat = Heartbeat(tmp_path, DistEnv(rank=0, world_size=3), lambda: 9)
+    heartbeat = Heartbeat(tmp_path, DistEnv(rank=0, world_size=4), lambda: 9)
     heartbeat.start()
     try:
         with pytest.raises(NluftError) as caught:
             heartbeat.explain(RuntimeError("Timed out waiting 15000ms for recv\nmore"), 15)
         assert frozen.wait(timeout=10) == -signal.SIGKILL
-        assert bystander.poll() is None
+        assert bystander.poll() is None and same_start.poll() is None
     finally:
         heartbeat.stop()
-        for proc in (frozen, bystander):
+        for proc in procs:
             proc.kill()
             proc.wait(timeout=10)
     message = str(caught.value)
     assert message.startswith(f"rank 1 stopped answering (pid {frozen.pid} on {host}, last ")
     assert f"at step 9); killed it (SIGKILL); rank 2 died (pid {bystander.pid}" in message
+    assert f"at step 9); rank 3 died (pid {same_start.pid} on {host}" in message
     assert message.endswith(
         "rank 0 gave up on a collective (strategy.timeout_s=15): Timed out waiting 15000ms "
         "for recv; resume with --resume"

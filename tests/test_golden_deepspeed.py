@@ -6,12 +6,12 @@ Regenerate the golden files after an intended change with NLUFT_UPDATE_GOLDEN=1.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import nluft
+from golden_files import check_golden
 
 from nluft.config import validate
 from nluft.distributed.deepspeed_config import build_deepspeed_config, resolve_deepspeed_config
@@ -70,10 +70,7 @@ def test_deepspeed_json_matches_golden_file(name: str) -> None:
     extra, world_size, device = CASES[name]
     got = build_deepspeed_config(config(extra), world_size, device)
     path = GOLDEN / f"deepspeed_{name}.json"
-    if os.environ.get("NLUFT_UPDATE_GOLDEN"):
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(got, indent=2) + "\n")
-    assert got == json.loads(path.read_text())
+    check_golden(path, json.dumps(got, indent=2) + "\n")
     assert not find_auto(got)
     assert got["train_batch_size"] == (
         got["train_micro_batch_size_per_gpu"] * got["gradient_accumulation_steps"] * world_size

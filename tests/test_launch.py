@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -35,6 +36,7 @@ def test_one_node_gets_a_free_port_and_c10d() -> None:
     assert args[5:] == [
         "--rdzv-conf=join_timeout=600,is_host=1",
         "--max-restarts=0",
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         "--module",
         "nluft",
         "train",
@@ -114,3 +116,35 @@ def test_help_imports_no_heavy_library() -> None:
     assert proc.returncode == 0, proc.stderr
     for verb in ("train", "eval", "predict", "export", "launch"):
         assert verb in proc.stdout
+
+
+def test_a_stopped_node_says_where_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step comes from the stop the ranks recorded after this launch started, not before."""
+    import json
+    import signal
+    import time
+
+    from launch.torchrun import stopped
+
+    old = {"step": 5, "kind": "event", "time": time.time() - 100, "event": "stopped"}
+    new = {"step": 26, "kind": "event", "time": time.time(), "event": "stopped"}
+    (tmp_path / "metrics.jsonl").write_text(f"{json.dumps(old)}\n{json.dumps(new)}\n{{cut")
+    args = parse("cfg.yaml", "train.seed=1")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        monkeypatch.setenv("NLUFT_REQUEUE", "launcher")
+        assert stopped(args, str(tmp_path), time.time() - 10, signal.SIGUSR1) == 3
+        monkeypatch.delenv("NLUFT_REQUEUE")
+        assert stopped(args, str(tmp_path), time.time() + 10, signal.SIGTERM) == 128 + 15
+        assert stopped(args, str(tmp_path), time.time() + 10, None) == 3  # every rank exited 3
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert capsys.readouterr().err.splitlines() == [
+        "nluft launch: node 0: run stopped at step 26 for a requeue",
+        "nluft launch: node 0: stopped by SIGTERM before the run checkpointed",
+        "nluft launch: node 0: run stopped on request (checkpoint written); continue with: "
+        "nluft launch cfg.yaml train.seed=1 --resume",
+    ]

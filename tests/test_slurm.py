@@ -102,7 +102,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes(
         "train.per_device_train_batch_size=8",
     ]
     nluft("train", *args, f"output_dir={tmp_path / 'reference'}", check=True, timeout=420)
-    run_dir = tmp_path / "preempted"
+    run_dir = tmp_path / "preempted run"  # a space: the #SBATCH --output line is quoted
     home = tmp_path / "home"
     home.mkdir()
     # W&B offline, no API key anywhere: sbatch passes this environment on to the job.
@@ -119,11 +119,17 @@ def test_preempted_job_checkpoints_requeues_and_resumes(
     log = (run_dir / "slurm" / f"slurm-{job}.out").read_text()
     assert state.get("JobState") == "COMPLETED", log[-3000:]
     assert state.get("Restarts") == "1", "requeued exactly once"
-    assert "stop signal; checkpointing" in log and "resumed from" in log
-    assert log.count(f"nluft: requeueing job {job} (1 of 3)") == 1, "rank 0 requeued, once"
+    assert log.count("nluft: stop signal; checkpointing") == 1 and "resumed from" in log
+    assert log.count(f"nluft: requeueing job {job} (1 of 3)") == 1, "requeued, once"
     assert "nluft: run finished" in log
     stopped_at = int(log.split("stopped at step ")[1].split()[0])
     assert 0 < stopped_at < 400
+    # Quiet and truthful: the node says where the run stopped, once; nothing looks like a crash.
+    node_line = f"nluft launch: node 0: run stopped at step {stopped_at} for a requeue"
+    assert log.count(node_line) == 1, log[-3000:]
+    assert log.index(node_line) < log.index(f"nluft: requeueing job {job}")
+    for crash in ("Traceback", "SignalException", "exit code 1", "training failed", "Error"):
+        assert crash not in log, f"{crash!r} in the log:\n{log[-3000:]}"
     assert train_steps(run_dir) == list(range(1, 401)), "no step lost or repeated"
     assert results(run_dir)["loss"] == pytest.approx(
         results(tmp_path / "reference")["loss"], abs=1e-6

@@ -6,6 +6,7 @@ The `.wandb` files are decoded with wandb's own protobuf schema (see wandb_files
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from conftest import ROOT, nluft
 from wandb_files import Segment, clean_env, read_segments
 
 FAKE_KEY = "0123456789abcdef0123456789abcdeffakekey9"  # 40 characters, like a real W&B key
+# A token passed as a value (an override on the command line): redacted by its shape.
+URL_TOKEN = "hf_" + "Q7w" * 12
+SECRET_NAME = f"https://me:{URL_TOKEN}@runs.example.org"
 SLURM = {
     "SLURM_JOB_ID": "4242",
     "SLURM_ARRAY_JOB_ID": "4240",
@@ -40,12 +44,13 @@ class Launch(NamedTuple):
 NLUFT = [sys.executable, "-m", "nluft"]
 LAUNCHES = {
     "one-process": Launch([*NLUFT, "train"], [], 3, 1, "single"),
-    # torchrun's agent forwards SIGTERM to the ranks, then reports the signal (128 + 15).
+    # torchrun's agent forwards SIGTERM to the ranks, which checkpoint and exit 3; so does
+    # `nluft launch`, with one line saying where the run stopped.
     # Batch 4 per rank keeps the effective batch, so both launches make the same 60 steps.
     "ddp-2-ranks": Launch(
         [str(Path(sys.executable).with_name("nluft")), "launch", "--nproc-per-node", "2"],
         ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
-        143,
+        3,
         2,
         "ddp",
     ),
@@ -65,6 +70,7 @@ class TrackedRun:
     env: dict[str, str]
     launch: str
     started: float
+    command: list[str]
 
 
 @pytest.fixture(scope="module", params=list(LAUNCHES))
@@ -104,7 +110,7 @@ def tracked(
     }
     config = tmp / "tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [*launch.command, str(config), *launch.overrides]
+    cmd = [*launch.command, str(config), *launch.overrides, f"tracking.wandb.name={SECRET_NAME}"]
     started = time.time()
     # First start: mode online but no API key anywhere and no TTY -> offline, never a prompt.
     first = subprocess.Popen(
@@ -137,7 +143,7 @@ def tracked(
     assert second.returncode == 0, second.stderr[-3000:]
     segments = read_segments(run_dir)
     outputs = [out1, err1, second.stdout, second.stderr]
-    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started)
+    return TrackedRun(run_dir, home, segments, outputs, env, request.param, started, cmd)
 
 
 def test_restarted_job_is_one_wandb_run_with_the_saved_id(tracked: TrackedRun) -> None:
@@ -201,7 +207,10 @@ def test_expected_metric_keys_and_summary(tracked: TrackedRun) -> None:
     summary = tracked.segments[-1].summary
     saved = json.loads((tracked.run_dir / "results" / "test.json").read_text())
     assert summary["final/test/accuracy"] == pytest.approx(saved["accuracy"])
-    assert summary["global_step"] == TOTAL_STEPS and summary["best_step"] > 0
+    lines = (tracked.run_dir / "metrics.jsonl").read_text().splitlines()
+    evaluated = {r["step"] for r in map(json.loads, lines) if r["kind"] == "eval/validation"}
+    assert evaluated == {20, 40, 60}
+    assert summary["global_step"] == TOTAL_STEPS and summary["best_step"] in evaluated
     models = [a for a in tracked.segments[-1].artifacts if a.type == "model"]
     assert [a.name for a in models] == [f"model-{tracked.segments[0].run.run_id}"]
 
@@ -241,14 +250,62 @@ def test_config_holds_the_resolved_config_and_the_job(tracked: TrackedRun) -> No
     assert job["git_commit"] == (head.stdout.strip() if head.returncode == 0 else "unknown")
 
 
-def test_no_api_key_in_run_dir_logs_or_config(tracked: TrackedRun) -> None:
-    needle = FAKE_KEY.encode()
+@pytest.mark.parametrize("secret", [FAKE_KEY, URL_TOKEN])
+def test_no_secret_in_run_dir_logs_or_config(tracked: TrackedRun, secret: str) -> None:
+    needle = secret.encode()
     files = [p for p in tracked.run_dir.rglob("*") if p.is_file() and not p.is_symlink()]
     assert len(files) > 20
     leaked = [str(p) for p in files if needle in p.read_bytes()]
     assert not leaked, leaked
-    assert not any(FAKE_KEY in text for text in tracked.outputs)
-    assert FAKE_KEY not in json.dumps([seg.config for seg in tracked.segments])
+    assert not any(secret in text for text in tracked.outputs)
+    assert secret not in json.dumps([seg.config for seg in tracked.segments])
+
+
+def test_a_secret_value_reaches_wandb_redacted(tracked: TrackedRun) -> None:
+    shown = "https://me:<redacted>@runs.example.org"
+    for seg in tracked.segments:
+        assert seg.config["tracking"]["wandb"]["name"] == shown
+        assert seg.run.display_name == shown
+    saved = (tracked.run_dir / "config.yaml").read_text()
+    assert f"name: {shown}" in saved
+
+
+def test_a_stopped_launch_ends_with_one_line_and_no_traceback(tracked: TrackedRun) -> None:
+    from nluft.redaction import redact_text
+
+    err = tracked.outputs[1]
+    assert "Traceback" not in err and "SignalException" not in err
+    if tracked.launch == "one-process":
+        return
+    step = int(err.split("stopped at step ")[1].split()[0])
+    lines = [x for x in err.splitlines() if x.startswith("nluft launch: node")]
+    assert lines == [
+        f"nluft launch: node 0: run stopped at step {step} on request (checkpoint written); "
+        "continue with: nluft launch --nproc-per-node 2 "
+        f"{redact_text(shlex.join(tracked.command[4:]))} --resume"
+    ]
+
+
+def test_logged_learning_rates_follow_the_trainer_schedule_across_the_resume(
+    tracked: TrackedRun,
+) -> None:
+    """Oracle: transformers' linear schedule stepped once per optimizer step (the Trainer's)."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    schedule = get_scheduler("linear", optimizer, 0, TOTAL_STEPS)
+    expected = {}
+    for step in range(1, TOTAL_STEPS + 1):
+        optimizer.step()
+        schedule.step()
+        expected[step] = schedule.get_last_lr()[0]  # logged after the step, as the Trainer does
+    records = [
+        json.loads(line) for line in (tracked.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    logged = {r["step"]: r["learning_rate"] for r in records if r["kind"] == "train"}
+    assert sorted(logged) == list(range(2, TOTAL_STEPS + 1, 2))
+    assert logged == pytest.approx({s: expected[s] for s in logged}, rel=1e-6)
 
 
 def test_offline_fallback_says_how_to_sync(tracked: TrackedRun) -> None:
@@ -335,7 +392,7 @@ def test_online_without_a_key_goes_offline(tmp_path: Path) -> None:
 
 
 def test_secret_looking_config_keys_are_redacted() -> None:
-    from nluft.tracking import redact
+    from nluft.redaction import redact
 
     out = redact({"hf_token": "x", "a": {"api_key": "y", "tokenizer_name_or_path": "bert"}})
     assert out == {
@@ -411,6 +468,50 @@ def test_memory_and_mfu_sample() -> None:
     with_attention = Hardware("cpu", "NVIDIA H100", 989e12, 6 * 110e6, 12 * 12 * 768)
     mfu = with_attention.sample(tokens_per_s=2.0e5, world_size=2, context=100.0)["mfu"]
     assert mfu == pytest.approx(2.0e5 * (6 * 110e6 + 12 * 12 * 768 * 100) / (2 * 989e12))
+
+
+@pytest.mark.parametrize("seq_len", [16, 128])
+def test_mfu_flops_agree_with_torchs_flop_counter(seq_len: int) -> None:
+    """The FLOPs MFU divides by, against torch's FLOP counter on a real forward and backward.
+
+    The counter counts matmuls only (2 FLOPs per multiply-add, backward twice the forward). The
+    formula counts 6 per parameter per token for every parameter outside the embedding tables:
+    it also counts biases and LayerNorm weights (no matmul) and applies the pooler and classifier
+    to every token, not once per sequence. So it may exceed the count by exactly 6 x tokens x those
+    parameters, never fall below it; softmax, GELU and dropout are in neither. Within that bound
+    the 6N and the attention term (12 x layers x hidden x context) are both checked: at 128 tokens
+    the attention term is half the total, at 16 a sixteenth.
+    """
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nluft.hardware import attention_flops_per_context, flops_per_token
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+    )
+    model = transformers.BertForSequenceClassification(config)
+    batch = 4
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=torch.randint(0, 1000, (batch, seq_len))).logits.sum().backward()
+    counted = counter.get_total_flops()
+    tokens = batch * seq_len
+    formula = tokens * (flops_per_token(model) + attention_flops_per_context(model) * seq_len)
+    not_matmul = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    head = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.startswith(("bert.pooler", "classifier"))
+    )
+    assert counted <= formula <= counted + 6 * tokens * (not_matmul + head)
+    assert formula / counted < 1.15  # tiny model: biases and norms are ~10% of its weights
 
 
 def test_meter_counts_the_attention_context_of_real_tokens() -> None:

@@ -21,8 +21,10 @@ class DistEnv:
     slurm_array_task_id: str | None = None
     slurm_restart_count: int = 0
     slurm_node_list: str | None = None
-    # Set by the job script of `nluft submit`: rank 0 requeues a stopped job (nluft.preemption).
+    # Set by the job script of `nluft submit`: a stopped job is requeued (nluft.preemption), by
+    # rank 0 (NLUFT_REQUEUE=1) or, once every node has exited, by the script (=launcher).
     slurm_requeue: bool = False
+    slurm_requeue_by_launcher: bool = False
     slurm_max_requeues: int = 0
 
     @property
@@ -53,6 +55,7 @@ def read_dist_env(environ: Mapping[str, str] | None = None) -> DistEnv:
         slurm_array_task_id=env.get("SLURM_ARRAY_TASK_ID"),
         slurm_restart_count=int(env.get("SLURM_RESTART_COUNT") or 0),
         slurm_node_list=env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"),
-        slurm_requeue=env.get("NLUFT_REQUEUE") == "1",
+        slurm_requeue=env.get("NLUFT_REQUEUE") in ("1", "launcher"),
+        slurm_requeue_by_launcher=env.get("NLUFT_REQUEUE") == "launcher",
         slurm_max_requeues=int(env.get("NLUFT_MAX_REQUEUES") or 0),
     )

@@ -7,7 +7,10 @@ whole process does (SIGSTOP, a frozen machine, a process that died). When a coll
 gloo/NCCL timeout after `strategy.timeout_s`, or a peer that closed its connection), the rank that
 caught it watches the counters for `WATCH_S` seconds and names the ranks whose counter did not
 move, in one line. Such a rank on this host is killed (SIGKILL): torchrun's agent would otherwise
-wait 30 s for a stopped process to honour SIGTERM before ending the job. The files live in the run
+wait 30 s for a stopped process to honour SIGTERM before ending the job. Only the very process that
+wrote the heartbeat is killed: its pid must still have the start time and command line the file
+records (a hash of it: argv may hold secrets), checked through a pidfd so that the pid cannot be
+reused between the check and the kill. The files live in the run
 directory because every rank of a run already shares it (checkpoints); no clock is compared
 across hosts.
 """
@@ -15,6 +18,7 @@ across hosts.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -42,6 +46,7 @@ class Beat:
     pid: int
     host: str
     started: str  # the process start time (/proc/PID/stat), so a reused pid is never killed
+    cmdline: str  # sha256 of /proc/PID/cmdline: another program under the same pid is spared
     time: float
 
 
@@ -81,6 +86,7 @@ class Heartbeat:
             pid,
             socket.gethostname(),
             start_time(pid),
+            cmdline_hash(pid),
             time.time(),
         )
         tmp = self.path.with_suffix(".tmp")
@@ -144,13 +150,39 @@ def describe(beat: Beat) -> str:
     last = f"last heartbeat {time.time() - beat.time:.0f} s ago at step {beat.step}"
     if beat.host != socket.gethostname():
         return f"rank {beat.rank} stopped answering ({where}, {last})"
-    if start_time(beat.pid) != beat.started:
-        return f"rank {beat.rank} died ({where}, {last})"
-    try:
-        os.kill(beat.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    if not kill_if_same(beat):
         return f"rank {beat.rank} died ({where}, {last})"
     return f"rank {beat.rank} stopped answering ({where}, {last}); killed it (SIGKILL)"
+
+
+def is_same_process(beat: Beat) -> bool:
+    """Whether beat.pid is still the process that wrote the beat (start time and command line)."""
+    started, cmdline = start_time(beat.pid), cmdline_hash(beat.pid)
+    return bool(started and cmdline) and (started, cmdline) == (beat.started, beat.cmdline)
+
+
+def kill_if_same(beat: Beat) -> bool:
+    """SIGKILL the rank's process if it is still the one that wrote `beat`; whether it was."""
+    try:
+        # The pidfd pins the process: if the pid is reused after this, the check below fails.
+        fd = os.pidfd_open(beat.pid)
+    except ProcessLookupError:
+        return False
+    except (AttributeError, OSError):
+        fd = -1  # no pidfd (old kernel): check, then kill by pid
+    try:
+        if not is_same_process(beat):
+            return False
+        if fd >= 0:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        else:
+            os.kill(beat.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return True
 
 
 def start_time(pid: int) -> str:
@@ -160,3 +192,12 @@ def start_time(pid: int) -> str:
     except (OSError, IndexError):
         return ""
     return "" if fields[0] in "ZX" else fields[19]
+
+
+def cmdline_hash(pid: int) -> str:
+    """sha256 of /proc/PID/cmdline ('' when unreadable or empty, as for a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return hashlib.sha256(raw).hexdigest() if raw else ""
