@@ -1,4 +1,4 @@
-"""Backbone + task head from any Hugging Face checkpoint (hub name or local directory).
+"""Backbone + task head (+ LoRA adapters) from any Hugging Face checkpoint (hub name or folder).
 
 No parallel code here: strategies wrap what this returns.
 """
@@ -13,8 +13,10 @@ from typing import Any
 import torch
 import transformers
 
-from nluft.config import ModelConfig
+from nluft.config import Config, ModelConfig, PeftConfig
 from nluft.errors import NluftError
+from nluft.models.heads import EntityMarkerModel
+from nluft.models.peft import apply_peft, describe_parameters
 from nluft.tasks import MODEL_KINDS, Task
 
 PACKAGE_PREFIX = "pkg:"
@@ -70,11 +72,36 @@ def is_byte_level(tokenizer: Any) -> bool:
     )
 
 
-def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module:
-    """The pre-trained backbone with a freshly initialised head sized for the task's labels."""
+def build_model(
+    cfg: ModelConfig,
+    task: Task,
+    tokenizer: Any,
+    peft_cfg: PeftConfig | None = None,
+    meta: bool = False,
+) -> torch.nn.Module:
+    """The pre-trained backbone with a freshly initialised head sized for the task's labels.
+
+    With `peft_cfg`, LoRA adapters wrap it (models/peft.py). `meta`: shapes only, no weights
+    read (for counting parameters in a dry run).
+    """
     if task.model_kind == "entity_marker_classification":
-        return build_entity_marker_model(cfg, task, tokenizer)
-    auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
+        model = build_entity_marker_model(cfg, task, tokenizer, meta)
+    else:
+        auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
+        model = load_backbone(auto_class, cfg, head_options(task), meta)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if peft_cfg is not None:
+        model = apply_peft(model, peft_cfg, marker_token_ids(task, tokenizer))
+    elif cfg.torch_dtype not in (None, "float32"):
+        model.float()  # full fine-tuning: every parameter trains, in fp32
+    return model
+
+
+def head_options(task: Task) -> dict[str, Any]:
+    """Config keys that size and label the task head."""
     labels = task.label_names
     extra: dict[str, Any] = {}
     if labels:
@@ -85,20 +112,50 @@ def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module
         }
     if getattr(task, "multi_label", False):
         extra["problem_type"] = "multi_label_classification"
+    return extra
+
+
+def load_backbone(auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta: bool) -> Any:
+    """`auto_class.from_pretrained` (or, `meta`, its shapes on the meta device)."""
     name = resolve_model_path(cfg.name_or_path)
+    options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     try:
-        model = auto_class.from_pretrained(
-            name,
-            revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
-            use_safetensors=None,
-            **extra,
+        if meta:
+            config = transformers.AutoConfig.from_pretrained(name, **options, **extra)
+            with torch.device("meta"):
+                return auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        dtype = {"dtype": getattr(torch, cfg.torch_dtype)} if cfg.torch_dtype else {}
+        return auto_class.from_pretrained(
+            name, use_safetensors=None, **options, **dtype, **extra
         )
     except (OSError, ValueError) as err:
         raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
-    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    return model
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer in backward; non-reentrant, so a frozen (LoRA) backbone still works."""
+    inner = model.encoder if isinstance(model, EntityMarkerModel) else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise NluftError(
+            f"model.gradient_checkpointing: {type(inner).__name__} does not support it; "
+            "set model.gradient_checkpointing=false"
+        )
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(inner.config, "use_cache"):
+        inner.config.use_cache = False  # a decoder's KV cache is useless in training
+
+
+def marker_token_ids(task: Task, tokenizer: Any) -> list[int] | None:
+    """Ids of tokens the task added to the vocabulary (relation markers): trainable rows."""
+    marker_tokens = getattr(task, "marker_tokens", None)
+    if marker_tokens is None:
+        return None
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(marker_tokens())]
+
+
+def count_parameters(cfg: Config, task: Task, tokenizer: Any) -> str:
+    """Trainable and total parameters of the model `cfg` builds, without reading its weights."""
+    return describe_parameters(build_model(cfg.model, task, tokenizer, cfg.peft, meta=True))
 
 
 def load_exported(path: str | Path, task: Task) -> tuple[torch.nn.Module, Any]:
@@ -116,20 +173,13 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-# --- relation extraction: a head on the entity-start markers ----------------------------------
-
-
-def build_entity_marker_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module:
+def build_entity_marker_model(
+    cfg: ModelConfig, task: Task, tokenizer: Any, meta: bool = False
+) -> torch.nn.Module:
     """Pre-trained encoder (embeddings grown for the marker tokens) + a new marker-pair head."""
-    name = resolve_model_path(cfg.name_or_path)
-    try:
-        encoder = transformers.AutoModel.from_pretrained(
-            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
-    except (OSError, ValueError) as err:
-        raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
+    encoder = load_backbone(transformers.AutoModel, cfg, {}, meta)
     if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:
-        encoder.resize_token_embeddings(len(tokenizer))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=not meta)
     config = encoder.config
     labels = task.label_names
     config.num_labels = len(labels)
@@ -140,65 +190,7 @@ def build_entity_marker_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> t
         setattr(config, key, value)
     if config.pad_token_id is None and tokenizer.pad_token_id is not None:
         config.pad_token_id = tokenizer.pad_token_id
+    if meta:
+        with torch.device("meta"):
+            return EntityMarkerModel(config, encoder)
     return EntityMarkerModel(config, encoder)
-
-
-class EntityMarkerModel(transformers.PreTrainedModel):
-    """Any encoder + a linear classifier on [subject-start; object-start] marker hidden states.
-
-    The marker token ids live in the config (`subject_marker_ids`, `object_marker_ids`), so the
-    exported folder reloads with `EntityMarkerModel.from_pretrained` and needs no extra inputs; a
-    sequence without a marker (cut by truncation) falls back to position 0 ([CLS]).
-    """
-
-    config_class = transformers.PretrainedConfig
-    base_model_prefix = "encoder"
-    # Attention runs inside the wrapped encoder, which already chose its implementation.
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-
-    def __init__(self, config: Any, encoder: torch.nn.Module | None = None) -> None:
-        super().__init__(config)
-        self.encoder = (
-            encoder if encoder is not None else transformers.AutoModel.from_config(config)
-        )
-        dropout = getattr(config, "hidden_dropout_prob", None) or 0.1
-        self.dropout = torch.nn.Dropout(dropout)
-        self.classifier = torch.nn.Linear(2 * config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def _init_weights(self, module: torch.nn.Module) -> None:
-        # Only the new head: the encoder keeps its pre-trained (or loaded) weights.
-        if module is self.classifier:
-            std = getattr(self.config, "initializer_range", 0.02)
-            torch.nn.init.normal_(module.weight, std=std)
-            torch.nn.init.zeros_(module.bias)
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **inputs: Any
-    ) -> transformers.modeling_outputs.SequenceClassifierOutput:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs)[0]
-        pair = torch.cat(
-            [
-                marker_states(hidden, input_ids, self.config.subject_marker_ids),
-                marker_states(hidden, input_ids, self.config.object_marker_ids),
-            ],
-            dim=-1,
-        )
-        logits = self.classifier(self.dropout(pair))
-        return transformers.modeling_outputs.SequenceClassifierOutput(logits=logits)
-
-    @classmethod
-    def from_export(cls, path: str | Path) -> EntityMarkerModel:
-        """Reload a fine-tuned export (config.json names the backbone type)."""
-        config = transformers.AutoConfig.from_pretrained(str(path))
-        return cls.from_pretrained(str(path), config=config, use_safetensors=True)
-
-
-def marker_states(hidden: torch.Tensor, input_ids: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """Hidden state at the first occurrence of any of `ids` in each row (position 0 if none)."""
-    found = torch.isin(input_ids, torch.as_tensor(ids, device=input_ids.device))
-    position = found.int().argmax(dim=1)  # 0 when absent
-    return hidden[torch.arange(hidden.size(0), device=hidden.device), position]
