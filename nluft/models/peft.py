@@ -171,8 +171,14 @@ def save_merged_and_adapter(
         fresh = type(base)(copy.deepcopy(base.config))
         fresh.config.dtype = torch.float32
         copy_model = peft.get_peft_model(fresh, copy.deepcopy(model.peft_config["default"]))
+    # Non-persistent buffers (position ids) come with a ZeRO-3 gather; they are not saved.
+    buffers = {name for name, _ in copy_model.named_buffers()}
     missing, unexpected = copy_model.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
+        {
+            k: v.float() if v.is_floating_point() else v
+            for k, v in state_dict.items()
+            if k not in buffers or k in copy_model.state_dict()
+        },
         strict=False,
     )
     absent = [k for k in missing if "original_module" not in k]
