@@ -47,6 +47,11 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+    evaluate.add_argument(
+        "--export",
+        type=Path,
+        help="the export to evaluate (default RUN_DIR/export; e.g. RUN_DIR/export-adapter)",
+    )
 
     predict = verbs.add_parser("predict", help="predict labels with a run's exported model")
     predict.add_argument("run_dir", type=Path)
@@ -134,7 +139,7 @@ def run_eval(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.split, args.overrides)
+    metrics = evaluate_run(args.run_dir, args.split, args.overrides, args.export)
     if args.json:
         print(json.dumps({"split": args.split, **metrics}))
     else:

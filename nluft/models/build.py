@@ -16,7 +16,12 @@ import transformers
 from nluft.config import Config, ModelConfig, PeftConfig
 from nluft.errors import NluftError
 from nluft.models.heads import EntityMarkerModel
-from nluft.models.peft import apply_peft, describe_parameters
+from nluft.models.peft import (
+    adapter_base_path,
+    apply_peft,
+    describe_parameters,
+    load_adapter,
+)
 from nluft.tasks import MODEL_KINDS, Task
 
 PACKAGE_PREFIX = "pkg:"
@@ -159,13 +164,32 @@ def count_parameters(cfg: Config, task: Task, tokenizer: Any) -> str:
 
 
 def load_exported(path: str | Path, task: Task) -> tuple[torch.nn.Module, Any]:
-    """Model and tokenizer from a run's export (or any fine-tuned checkpoint folder)."""
+    """Model and tokenizer from a run's export (or any fine-tuned checkpoint folder).
+
+    A PEFT folder (`export-adapter`: adapter_config.json) loads its base model and applies
+    the adapters with `peft.PeftModel.from_pretrained`.
+    """
     tokenizer = load_tokenizer(str(path), task)
+    if (Path(path) / "adapter_config.json").is_file():
+        return load_adapter(adapter_base(Path(path), task, tokenizer), Path(path)), tokenizer
     if task.model_kind == "entity_marker_classification":
         return EntityMarkerModel.from_export(path), tokenizer
     auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
     model = auto_class.from_pretrained(str(path), use_safetensors=True)
     return model, tokenizer
+
+
+def adapter_base(adapter_dir: Path, task: Task, tokenizer: Any) -> torch.nn.Module:
+    """The pre-trained base of an adapter folder, with the head its config.json describes."""
+    base = adapter_base_path(adapter_dir)
+    config = transformers.AutoConfig.from_pretrained(str(adapter_dir))
+    if task.model_kind == "entity_marker_classification":
+        encoder = transformers.AutoModel.from_pretrained(base)
+        encoder.resize_token_embeddings(len(tokenizer))
+        config.vocab_size = len(tokenizer)
+        return EntityMarkerModel(config, encoder)
+    auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
+    return auto_class.from_pretrained(base, config=config)
 
 
 def first_line(err: BaseException) -> str:

@@ -185,6 +185,17 @@ def save_merged_and_adapter(
     if absent or unexpected:
         raise NluftError(f"export: state does not match the model ({absent[:3]} {unexpected[:3]})")
     copy_model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    base.config.save_pretrained(str(adapter_dir))  # labels and head size for the base model
     merged = copy_model.merge_and_unload()
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
+    merged.config.save_pretrained(str(adapter_dir))  # labels and head class for the base model
+
+
+def load_adapter(base: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+    """A PEFT folder (`RUN_DIR/export-adapter`) applied to its base model, for inference."""
+    return peft.PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+def adapter_base_path(adapter_dir: Path) -> str:
+    """The base model the adapters were trained on, as recorded by peft."""
+    config = peft.PeftConfig.from_pretrained(str(adapter_dir))
+    return str(config.base_model_name_or_path)
