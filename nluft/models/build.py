@@ -130,9 +130,7 @@ def load_backbone(auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta
             with torch.device("meta"):
                 return auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
         dtype = {"dtype": getattr(torch, cfg.torch_dtype)} if cfg.torch_dtype else {}
-        return auto_class.from_pretrained(
-            name, use_safetensors=None, **options, **dtype, **extra
-        )
+        return auto_class.from_pretrained(name, use_safetensors=None, **options, **dtype, **extra)
     except (OSError, ValueError) as err:
         raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
 

@@ -132,8 +132,7 @@ def num_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def describe_parameters(model: torch.nn.Module) -> str:
     trainable, total = num_parameters(model)
     return (
-        f"parameters: {trainable:,} trainable of {total:,} "
-        f"({100 * trainable / max(1, total):.2f}%)"
+        f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / max(1, total):.2f}%)"
     )
 
 
