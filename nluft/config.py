@@ -57,7 +57,7 @@ class PeftConfig(Section):
     target_modules: list[str] | Literal["all-linear"] | None = None
     # Trained in full besides the task head (which is always trained), e.g. [LayerNorm].
     modules_to_save: list[str] = Field(default_factory=list)
-    # Any other `peft.LoraConfig` argument, passed through (use_rslora, use_dora, init_lora_weights).
+    # Any other `peft.LoraConfig` argument, passed through (use_rslora, use_dora, ...).
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -243,6 +243,7 @@ def test_relation_markers_get_trained_embeddings_and_ner_export_loads_in_a_pipel
     from safetensors.torch import load_file
 
     rel, ner = tmp_path / "rel", tmp_path / "ner"
+    conll = write_conll(tmp_path / "ner.conll", tagged_sentences(80, 1))
     common = [
         f"model.name_or_path={tiny_model_dir}",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -263,7 +264,7 @@ def test_relation_markers_get_trained_embeddings_and_ner_export_loads_in_a_pipel
                     "train",
                     "configs/ner_wnut16.yaml",
                     f"output_dir={ner}",
-                    f"data.train_file={write_conll(tmp_path / 'ner.conll', tagged_sentences(80, 1))}",
+                    f"data.train_file={conll}",
                     "data.max_length=32",
                     "ner.stride=4",
                     *common,
