@@ -15,7 +15,9 @@ import pytest
 from dist_jobs import run_jobs
 from distributed_runs import (
     COMMON,
+    LORA,
     SINGLE_BATCH,
+    lora_reference,
     no_dropout_model,
     reference_run,
     train_losses,
@@ -28,7 +30,6 @@ from nluft.config import PeftConfig
 from nluft.errors import NluftError
 from nluft.evaluate import evaluate_run
 
-LORA = ["peft.r=4", "peft.alpha=8", "peft.dropout=0", "train.learning_rate=3e-2"]
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
@@ -158,11 +159,10 @@ def test_dry_run_prints_trainable_and_total_parameters(
 @pytest.fixture(scope="module")
 def lora_runs(setup: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The LoRA reference run, and LoRA and full runs with activation checkpointing."""
-    runs = {name: setup["tmp"] / name for name in ("lora", "lora-ckpt", "full-ckpt")}
+    runs = {name: setup["tmp"] / name for name in ("lora-ckpt", "full-ckpt")}
     argv = ["train", str(setup["config"]), *COMMON, *SINGLE_BATCH]
     run_jobs(
         [
-            {"kind": "cli", "argv": [*argv, *LORA, f"output_dir={runs['lora']}"]},
             {
                 "kind": "cli",
                 "argv": [
@@ -183,6 +183,7 @@ def lora_runs(setup: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
         ]
     )
     runs["full"] = reference_run(tmp_path_factory, setup["config"])
+    runs["lora"] = lora_reference(tmp_path_factory, setup["config"])
     return runs
 
 
