@@ -51,7 +51,7 @@ class PeftConfig(Section):
 
     method: Literal["lora"] = "lora"
     r: int = Field(8, ge=1, le=4096)
-    alpha: float = Field(16.0, gt=0)
+    alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
     # None: nluft's default for the architecture (models/peft.py DEFAULT_TARGETS).
     target_modules: list[str] | Literal["all-linear"] | None = None

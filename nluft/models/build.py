@@ -89,6 +89,7 @@ def build_model(
     With `peft_cfg`, LoRA adapters wrap it (models/peft.py). `meta`: shapes only, no weights
     read (for counting parameters in a dry run).
     """
+    model: Any
     if task.model_kind == "entity_marker_classification":
         model = build_entity_marker_model(cfg, task, tokenizer, meta)
     else:
@@ -137,7 +138,7 @@ def load_backbone(auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta
 
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute each layer in backward; non-reentrant, so a frozen (LoRA) backbone still works."""
-    inner = model.encoder if isinstance(model, EntityMarkerModel) else model
+    inner: Any = model.encoder if isinstance(model, EntityMarkerModel) else model
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise NluftError(
             f"model.gradient_checkpointing: {type(inner).__name__} does not support it; "

@@ -167,7 +167,7 @@ def save_merged_and_adapter(
     assert isinstance(model, peft.PeftModel), "a model built with a peft: section"
     base = model.get_base_model()
     with plain_init(), torch.device("cpu"):
-        fresh = type(base)(copy.deepcopy(base.config))
+        fresh: Any = type(base)(copy.deepcopy(base.config))
         fresh.config.dtype = torch.float32
         copy_model = peft.get_peft_model(fresh, copy.deepcopy(model.peft_config["default"]))
     # Non-persistent buffers (position ids) come with a ZeRO-3 gather; they are not saved.
@@ -184,7 +184,7 @@ def save_merged_and_adapter(
     if absent or unexpected:
         raise NluftError(f"export: state does not match the model ({absent[:3]} {unexpected[:3]})")
     copy_model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    merged = copy_model.merge_and_unload()
+    merged: Any = copy_model.merge_and_unload()
     merged.save_pretrained(str(merged_dir), safe_serialization=True)
     merged.config.save_pretrained(str(adapter_dir))  # labels and head class for the base model
 
