@@ -87,6 +87,14 @@ def add_run_verbs(verbs: Any) -> None:
     check.add_argument("config", help="YAML config (see configs/)")
     check.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.max_length=256")
 
+    plan = verbs.add_parser(
+        "plan", help="per-rank memory of every strategy, with/without PEFT and checkpointing"
+    )
+    plan.add_argument("config", help="YAML config (see configs/)")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.add_argument("--nproc", type=int, default=1, help="ranks (default 1)")
+    plan.add_argument("--gpu-memory", type=float, help="GiB per device: print the cheapest fit")
+
     report = verbs.add_parser("report", help="print a run's metrics table and plot its curves")
     report.add_argument("run_dir", type=Path)
     report.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/report.png)")
@@ -230,7 +238,19 @@ def run_check_data(args: argparse.Namespace) -> int:
     return 1 if report.num_errors else 0
 
 
+def run_plan(args: argparse.Namespace) -> int:
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_libraries()
+    from nluft.memory import print_plan
+
+    print_plan(cfg, args.nproc, args.gpu_memory)
+    return 0
+
+
 VERBS = {
+    "plan": run_plan,
     "train": run_train,
     "eval": run_eval,
     "predict": run_predict,

@@ -35,6 +35,7 @@ from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
 from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
 from nluft.hardware import describe_hardware
+from nluft.memory import configured_line
 from nluft.models import build_model, build_tokenizer, count_parameters
 from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
@@ -80,6 +81,7 @@ def main(
         info = describe_plan(cfg, strategy, plan, data)
         if env.is_main:
             print(count_parameters(cfg, task, tokenizer))
+            print(configured_line(cfg, env.world_size))
         return info
     with strategy.model_init_context():
         model = build_model(cfg.model, task, tokenizer, cfg.peft)

@@ -240,3 +240,25 @@ def test_decoder_with_lora_and_a_task_head_trains(runs: SimpleNamespace, case: s
     config = json.loads((run_dir / "export" / "config.json").read_text())
     kind = "SequenceClassification" if "-cls-" in case else "TokenClassification"
     assert config["architectures"][0].endswith(f"For{kind}")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "setting"),
+    [("ddp", "ddp"), ("zero2", "zero2"), ("zero3", "zero3"), ("fsdp", "fsdp")],
+)
+def test_planner_model_states_equal_the_measured_memory_per_rank(
+    runs: SimpleNamespace, tiny_model_dir: Path, strategy: str, setting: str
+) -> None:
+    import transformers
+
+    from nluft.config import PeftConfig
+    from nluft.memory import param_infos
+    from nluft.models.peft import apply_peft
+    from nluft.plan import Setting, model_state_bytes
+
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_model_dir), num_labels=2
+    )
+    params = param_infos(apply_peft(base, PeftConfig(r=4, alpha=8, dropout=0)))
+    planned = model_state_bytes(params, Setting(setting), world=2)
+    assert planned == memory(runs.tmp / strategy)[0]  # counts: exactly equal
