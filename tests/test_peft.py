@@ -288,3 +288,19 @@ def test_relation_markers_get_trained_embeddings_and_ner_export_loads_in_a_pipel
     assert metrics["f1"] == saved["f1"] and metrics["loss"] == pytest.approx(
         saved["loss"], abs=1e-5
     )
+
+
+def test_plan_prints_every_setting_and_the_cheapest_fit(
+    setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nluft.plan import SETTINGS
+
+    argv = ["plan", str(setup["config"]), *LORA, "--nproc", "2", "--gpu-memory", "0.004"]
+    assert nluft_main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in lines if " peft=" in line and not line.startswith("cheapest")]
+    assert len(rows) == len(SETTINGS) * 2 * 2  # strategies x (full, LoRA) x checkpointing
+    # 4 MiB: full fine-tuning of the 1 M-parameter model fits only with ZeRO-3 + offload.
+    assert lines[-1].startswith("cheapest that fits in 0.004 GiB: zero3+offload  peft=no")
+    assert nluft_main(["train", str(setup["config"]), *LORA, "--dry-run"]) == 0
+    assert "memory plan: ddp            peft=yes ckpt=no" in capsys.readouterr().out
