@@ -33,6 +33,7 @@ import torch
 from nluft.config import Config, Plan, to_yaml
 from nluft.distributed import Strategy
 from nluft.errors import NluftError
+from nluft.models.peft import is_peft_model, save_merged_and_adapter
 
 MANIFEST = "MANIFEST.json"
 STATE = "trainer_state.json"
@@ -329,9 +330,21 @@ def export_model(strategy: Strategy, tokenizer: Any, export_dir: Path) -> Path |
     tmp = export_dir.with_name(f".tmp-{export_dir.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model: Any = strategy.unwrapped()
-    model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+    adapter_dir = export_dir.with_name(f"{export_dir.name}-adapter")
+    adapter_tmp = adapter_dir.with_name(f".tmp-{adapter_dir.name}")
+    if is_peft_model(model):  # export: the merged model; export-adapter: the adapters alone
+        shutil.rmtree(adapter_tmp, ignore_errors=True)
+        save_merged_and_adapter(model, state_dict, tmp, adapter_tmp)
+        tokenizer.save_pretrained(str(adapter_tmp))
+        replace_dir(adapter_tmp, adapter_dir)
+    else:
+        model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    if export_dir.exists():
-        shutil.rmtree(export_dir)
-    tmp.rename(export_dir)
+    replace_dir(tmp, export_dir)
     return export_dir
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)

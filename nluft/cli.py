@@ -48,6 +48,11 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     evaluate.add_argument("--split", default="test", choices=["train", "validation", "test"])
     evaluate.add_argument("--json", action="store_true", help="print one JSON object of metrics")
+    evaluate.add_argument(
+        "--export",
+        type=Path,
+        help="the export to evaluate (default RUN_DIR/export; e.g. RUN_DIR/export-adapter)",
+    )
 
     predict = verbs.add_parser("predict", help="predict labels with a run's exported model")
     predict.add_argument("run_dir", type=Path)
@@ -82,6 +87,14 @@ def add_run_verbs(verbs: Any) -> None:
     )
     check.add_argument("config", help="YAML config (see configs/)")
     check.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.max_length=256")
+
+    plan = verbs.add_parser(
+        "plan", help="per-rank memory of every strategy, with/without PEFT and checkpointing"
+    )
+    plan.add_argument("config", help="YAML config (see configs/)")
+    plan.add_argument("overrides", nargs="*", metavar="key=value")
+    plan.add_argument("--nproc", type=int, default=1, help="ranks (default 1)")
+    plan.add_argument("--gpu-memory", type=float, help="GiB per device: print the cheapest fit")
 
     report = verbs.add_parser("report", help="print a run's metrics table and plot its curves")
     report.add_argument("run_dir", type=Path)
@@ -159,7 +172,7 @@ def run_eval(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.evaluate import evaluate_run
 
-    metrics = evaluate_run(args.run_dir, args.split, args.overrides)
+    metrics = evaluate_run(args.run_dir, args.split, args.overrides, args.export)
     if args.json:
         print(json.dumps({"split": args.split, **metrics}))
     else:
@@ -250,7 +263,19 @@ def run_check_data(args: argparse.Namespace) -> int:
     return 1 if report.num_errors else 0
 
 
+def run_plan(args: argparse.Namespace) -> int:
+    from nluft.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    quiet_libraries()
+    from nluft.memory import print_plan
+
+    print_plan(cfg, args.nproc, args.gpu_memory)
+    return 0
+
+
 VERBS = {
+    "plan": run_plan,
     "train": run_train,
     "eval": run_eval,
     "predict": run_predict,

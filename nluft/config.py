@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,26 @@ class ModelConfig(Section):
     revision: str | None = None
     tokenizer_name_or_path: str | None = None
     trust_remote_code: bool = False
+    # Load the backbone in this dtype (bfloat16: half the host memory while loading); trainable
+    # parameters (adapters, head) are always kept in fp32. None = the checkpoint's own fp32.
+    torch_dtype: Literal["float32", "bfloat16"] | None = None
+    # Recompute activations in the backward pass instead of storing them (less memory, ~30% slower).
+    gradient_checkpointing: bool = False
+
+
+class PeftConfig(Section):
+    """Parameter-efficient fine-tuning through the `peft` library; the task head stays trained."""
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(8, ge=1, le=4096)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # None: nluft's default for the architecture (models/peft.py DEFAULT_TARGETS).
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    # Trained in full besides the task head (which is always trained), e.g. [LayerNorm].
+    modules_to_save: list[str] = Field(default_factory=list)
+    # Any other `peft.LoraConfig` argument, passed through (use_rslora, use_dora, ...).
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class DataConfig(Section):
@@ -207,6 +228,7 @@ class Config(Section):
     ner: NerConfig = NerConfig()
     qa: QAConfig = QAConfig()
     relation: RelationConfig = RelationConfig()
+    peft: PeftConfig | None = None
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -219,6 +241,11 @@ class Config(Section):
             raise ValueError(
                 f"ner.stride ({self.ner.stride}) must be at most half of data.max_length "
                 f"({data.max_length}) so that windows advance; lower ner.stride"
+            )
+        if self.model.torch_dtype == "bfloat16" and self.train.precision != "bf16":
+            raise ValueError(
+                "model.torch_dtype: bfloat16 weights compute in bf16; set train.precision=bf16 "
+                "(trainable parameters stay fp32)"
             )
         if self.strategy.name not in STRATEGY_NAMES:
             raise ValueError(
@@ -318,9 +345,11 @@ def section_model(loc: list[str]) -> type[BaseModel] | None:
     for part in loc:
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # An optional section (`peft: PeftConfig | None`) is its model.
+        options = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+        if not (isinstance(options[0], type) and issubclass(options[0], BaseModel)):
             return None
-        model = annotation
+        model = options[0]
     return model
 
 

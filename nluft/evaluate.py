@@ -132,10 +132,15 @@ def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
     return load_config(path, overrides)
 
 
-def load_for_inference(run_dir: Path, overrides: list[str]) -> tuple[Config, Strategy, Task, Any]:
-    """Config, a one-process strategy holding the exported model, the task, and the tokenizer."""
+def load_for_inference(
+    run_dir: Path, overrides: list[str], export_dir: Path | None = None
+) -> tuple[Config, Strategy, Task, Any]:
+    """Config, a one-process strategy holding the exported model, the task, and the tokenizer.
+
+    `export_dir`: another export of the run (e.g. RUN_DIR/export-adapter); default RUN_DIR/export.
+    """
     cfg = load_run_config(run_dir, overrides)
-    export_dir = run_dir / "export"
+    export_dir = export_dir or run_dir / "export"
     if not (export_dir / "config.json").is_file():
         raise NluftError(f"{run_dir}: no export yet (train to the end, or run nluft export)")
     cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
@@ -148,9 +153,11 @@ def load_for_inference(run_dir: Path, overrides: list[str]) -> tuple[Config, Str
     return cfg, strategy, task, tokenizer
 
 
-def evaluate_run(run_dir: Path, split: str, overrides: list[str]) -> dict[str, float]:
+def evaluate_run(
+    run_dir: Path, split: str, overrides: list[str], export_dir: Path | None = None
+) -> dict[str, float]:
     """Metrics of a run's exported model on one split of its data."""
-    cfg, strategy, task, tokenizer = load_for_inference(run_dir, overrides)
+    cfg, strategy, task, tokenizer = load_for_inference(run_dir, overrides, export_dir)
     data = build_data(cfg, task, tokenizer, is_main=True, barrier=lambda: None)
     if split not in data.features:
         raise NluftError(f"--split: no {split!r} split (have: {', '.join(data.features)})")

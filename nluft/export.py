@@ -55,7 +55,7 @@ def export_run(path: Path, which: str = "best", out: Path | None = None) -> Path
     task.prepare(examples)  # the label set, hence the head's size, comes from the training data
     tokenizer = build_tokenizer(cfg.model)
     strategy = build_strategy(cfg, DistEnv())
-    strategy.setup_inference(build_model(cfg.model, task, tokenizer))
+    strategy.setup_inference(build_model(cfg.model, task, tokenizer, cfg.peft))
     strategy.load(checkpoint, weights_only=True)
     default = run_dir / ("export" if path == run_dir else f"export-{checkpoint.name}")
     export_dir = export_model(strategy, tokenizer, out or default)

@@ -35,7 +35,9 @@ from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
 from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
 from nluft.hardware import describe_hardware
-from nluft.models import build_model, build_tokenizer
+from nluft.memory import configured_line
+from nluft.models import build_model, build_tokenizer, count_parameters
+from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
@@ -76,13 +78,18 @@ def main(
     data = build_data(cfg, task, tokenizer, env.is_main, strategy.barrier)
     plan = build_plan(cfg, env.world_size, len(data.features["train"]))
     if dry_run:
-        return describe_plan(cfg, strategy, plan, data)
+        info = describe_plan(cfg, strategy, plan, data)
+        if env.is_main:
+            print(count_parameters(cfg, task, tokenizer))
+            print(configured_line(cfg, env.world_size))
+        return info
     with strategy.model_init_context():
-        model = build_model(cfg.model, task, tokenizer)
+        model = build_model(cfg.model, task, tokenizer, cfg.peft)
     strategy.setup(model, plan)
     create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
     memory = report_memory(strategy, tracker)
+    tracker.info(describe_parameters(strategy.unwrapped()))
     run = Run(
         cfg,
         strategy,
@@ -96,7 +103,9 @@ def main(
         StopFlag(),
     )
     if env.is_main:
-        write_plan(run_dir, plan, {**derived(strategy, data), "memory_per_rank": memory})
+        trainable, total = num_parameters(strategy.unwrapped())
+        params = {"trainable_parameters": trainable, "total_parameters": total}
+        write_plan(run_dir, plan, {**derived(strategy, data), **params, "memory_per_rank": memory})
         report_windowed(tracker, data)
     hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
     tracker.open(cfg, run_facts(strategy, plan, data), hardware)

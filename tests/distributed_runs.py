@@ -34,6 +34,8 @@ COMMON = [
     "train.load_best_model_at_end=false",
 ]
 SINGLE_BATCH = ["train.per_device_train_batch_size=8"]
+# LoRA (peft) runs: no adapter dropout (ranks would draw different masks), a step that moves them.
+LORA = ["peft.r=4", "peft.alpha=8", "peft.dropout=0", "train.learning_rate=3e-2"]
 TWO_RANK_BATCH = ["train.per_device_train_batch_size=4"]
 
 
@@ -138,3 +140,15 @@ def final_metrics(run_dir: Path) -> dict[str, dict[str, float]]:
 
 def memory(run_dir: Path) -> list[dict[str, int]]:
     return json.loads((run_dir / "plan.json").read_text())["memory_per_rank"]  # type: ignore[no-any-return]
+
+
+def lora_reference(factory: pytest.TempPathFactory, config: Path) -> Path:
+    """The single-process fp32 LoRA run every strategy must match (made once per session)."""
+    from dist_jobs import run_jobs
+
+    run_dir, done = cached_dir(factory, "lora-reference-run")
+    if not done:
+        argv = ["train", str(config), *COMMON, *SINGLE_BATCH, *LORA, f"output_dir={run_dir}"]
+        run_jobs([{"kind": "cli", "argv": argv}])
+        (run_dir / ".done").touch()
+    return run_dir

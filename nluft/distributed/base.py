@@ -100,6 +100,11 @@ class Strategy(ABC):
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full model weights on rank 0 (None elsewhere), for a Hugging Face export."""
 
+    @property
+    def trainable_only(self) -> bool:
+        """Checkpoints hold only what trains (adapters, head) when the backbone is frozen."""
+        return self.cfg.peft is not None
+
     def unwrapped(self) -> torch.nn.Module:
         """The plain Hugging Face model inside any wrapper."""
         assert self.model is not None, "setup() first"
@@ -163,3 +168,17 @@ def model_state_bytes(params: int, grads: int, optimizer: int) -> dict[str, int]
         "optimizer_bytes": optimizer,
         "total_bytes": params + grads + optimizer,
     }
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def check_trainable_keys(model: torch.nn.Module, keys: set[str], path: Path) -> None:
+    """A trainable-only checkpoint must hold every trainable parameter of this model."""
+    missing = sorted(trainable_names(model) - keys)
+    if missing:
+        raise NluftError(
+            f"{path}: checkpoint lacks {len(missing)} trainable parameters ({missing[0]}, ...); "
+            "it was written with another peft: section or model"
+        )

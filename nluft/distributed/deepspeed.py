@@ -137,7 +137,10 @@ class DeepSpeedStrategy(GroupCollectives):
     # --- state -------------------------------------------------------------------------------
 
     def save(self, path: Path) -> None:
-        self.engine.save_checkpoint(str(path), tag=TAG)
+        # With PEFT the frozen backbone is the pre-trained one: not saved again.
+        self.engine.save_checkpoint(
+            str(path), tag=TAG, exclude_frozen_parameters=self.trainable_only
+        )
         if self.env.is_main:
             meta = {"world_size": self.env.world_size, "zero_stage": self.stage}
             (path / META).write_text(json.dumps(meta))
@@ -153,6 +156,7 @@ class DeepSpeedStrategy(GroupCollectives):
             self.engine.load_checkpoint(
                 str(load_dir),
                 tag=TAG,
+                load_module_strict=not self.trainable_only,
                 load_module_only=weights_only,
                 load_optimizer_states=not weights_only,
                 load_lr_scheduler_states=not weights_only,

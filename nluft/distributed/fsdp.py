@@ -31,7 +31,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 from nluft.config import Config, Plan
-from nluft.distributed.base import DTYPES
+from nluft.distributed.base import DTYPES, check_trainable_keys, trainable_names
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
 from nluft.errors import NluftError
@@ -143,7 +143,7 @@ class FSDPStrategy(GroupCollectives):
     def save(self, path: Path) -> None:
         """Sharded model and optimizer state (DCP); the schedule is tiny and the same everywhere."""
         assert self.model is not None
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = self.state_dicts()
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / DCP_DIR))
         if self.env.is_main:
             torch.save(self.scheduler.state_dict(), path / SCHEDULER)
@@ -151,19 +151,36 @@ class FSDPStrategy(GroupCollectives):
     def load(self, path: Path, weights_only: bool = False) -> None:
         """DCP reads whatever shards this world size needs, whatever world size saved them."""
         assert self.model is not None
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        model_state, optim_state = self.state_dicts()
+        if self.trainable_only:
+            check_trainable_keys(self.model, set(model_state), path)
         # dcp.load fills these state dicts in place.
         state: dict[str, Any] = {"model": model_state}
         if not weights_only:
             state["optim"] = optim_state
         dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        # Trainable-only (PEFT) state leaves the frozen backbone as loaded.
+        options = StateDictOptions(strict=not self.trainable_only)
         if weights_only:
-            set_model_state_dict(self.model, model_state)
+            set_model_state_dict(self.model, model_state, options=options)
             return
         set_state_dict(
-            self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optim_state
+            self.model,
+            self.optimizer,
+            model_state_dict=model_state,
+            optim_state_dict=optim_state,
+            options=options,
         )
         self.scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+
+    def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Sharded model and optimizer state; with PEFT only the trainable parameters."""
+        assert self.model is not None
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        if self.trainable_only:
+            keep = trainable_names(self.model)
+            model_state = {k: v for k, v in model_state.items() if k in keep}
+        return model_state, optim_state
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full weights gathered to the CPU of rank 0 only; no optimizer state."""

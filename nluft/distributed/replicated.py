@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nluft.config import Plan
-from nluft.distributed.base import Strategy
+from nluft.distributed.base import Strategy, check_trainable_keys
 from nluft.errors import NluftError
 from nluft.optim import build_optimizer, build_scheduler
 
@@ -63,7 +63,12 @@ class ReplicatedStrategy(Strategy):
         return float(self.optimizer.param_groups[0]["lr"])
 
     def save(self, path: Path) -> None:
-        save_model(self.unwrapped(), str(path / MODEL_FILE))
+        model = self.unwrapped()
+        if self.trainable_only:  # the frozen backbone is the pre-trained one: not saved again
+            trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(trained, str(path / MODEL_FILE))
+        else:
+            save_model(model, str(path / MODEL_FILE))
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -73,7 +78,13 @@ class ReplicatedStrategy(Strategy):
         torch.save(state, path / OPTIMIZER_FILE)
 
     def load(self, path: Path, weights_only: bool = False) -> None:
-        load_model(self.unwrapped(), str(path / MODEL_FILE), device=str(self.device))
+        model = self.unwrapped()
+        if self.trainable_only:
+            trained = load_file(str(path / MODEL_FILE), device=str(self.device))
+            check_trainable_keys(model, set(trained), path)
+            model.load_state_dict(trained, strict=False)
+        else:
+            load_model(model, str(path / MODEL_FILE), device=str(self.device))
         if weights_only:
             return
         state = torch.load(path / OPTIMIZER_FILE, map_location=self.device, weights_only=True)
