@@ -55,6 +55,7 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
     add_run_verbs(verbs)
+    add_search_verb(verbs)
     if extend is not None:
         extend(verbs)
     return parser
@@ -91,6 +92,20 @@ def add_run_verbs(verbs: Any) -> None:
     )
     sweep.add_argument("sweep_dir", type=Path, help="folder holding one run dir per sweep point")
     sweep.add_argument("--metric", help="validation metric (default: the run's best-model metric)")
+
+
+def add_search_verb(verbs: Any) -> None:
+    search = verbs.add_parser(
+        "search", help="hyperparameter search (grid, random, tpe) over the config's search space"
+    )
+    search.add_argument("config", help="YAML config with a search: section")
+    search.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. search.n_trials=20"
+    )
+    search.add_argument("--parallel", type=int, default=1, help="trials at once (worker processes)")
+    search.add_argument(
+        "--requeue", action="store_true", help="requeue this Slurm job after a stop (nluft submit)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +216,13 @@ def run_sweep_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_search(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from nluft.search.runner import run_search as search
+
+    return search(args.config, args.overrides, args.parallel, args.requeue)
+
+
 def run_export(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.export import export_run
@@ -233,6 +255,7 @@ VERBS = {
     "export": run_export,
     "report": run_report,
     "sweep-summary": run_sweep_summary,
+    "search": run_search,
 }
 
 
