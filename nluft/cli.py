@@ -202,6 +202,11 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    if (args.run_dir / "study.journal").is_file():  # the output_dir of `nluft search`
+        from nluft.search.results import search_report
+
+        print(search_report(args.run_dir, args.out), flush=True)
+        return 0
     from nluft.report import report
 
     print(report(args.run_dir, args.out), flush=True)
@@ -209,6 +214,11 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_sweep_summary(args: argparse.Namespace) -> int:
+    if (args.sweep_dir / "study.journal").is_file():  # the output_dir of `nluft search`
+        from nluft.search.results import search_summary
+
+        print(search_summary(args.sweep_dir), flush=True)
+        return 0
     quiet_libraries()
     from nluft.report import sweep_summary
 

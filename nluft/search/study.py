@@ -59,9 +59,9 @@ def build_sampler(search: SearchConfig, draw: int) -> Any:
     """
     import optuna
 
+    if search.method == "grid":  # the seed shuffles the grid: it must not change between draws
+        return optuna.samplers.GridSampler(space.grid(search), seed=search.seed)
     seed = search.seed * 100_003 + draw
-    if search.method == "grid":
-        return optuna.samplers.GridSampler(space.grid(search), seed=seed)
     if search.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.startup_trials)
