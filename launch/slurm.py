@@ -212,7 +212,7 @@ def render_search_script(
     workers: int,
     workdir: Path,
 ) -> str:
-    """A `workers`-task array whose tasks run `nluft search` on one study (OUTPUT_DIR/study.journal).
+    """A `workers`-task array whose tasks run `nluft search` on one OUTPUT_DIR/study.journal.
 
     Each task takes trials until the study has its budget. On USR1/TERM (preemption, wall time)
     the worker checkpoints its trial, hands it back to the study (the retry resumes the checkpoint)

@@ -121,9 +121,7 @@ def submit_search(args: argparse.Namespace, cfg: Any, opts: Any) -> int:
     if opts.array_overrides:
         raise NluftError("--search and --sweep exclude each other; put the grid in search.space")
     load_search(args.config, args.overrides)  # a bad space fails now, not in every task
-    script = render_search_script(
-        args.config, args.overrides, cfg, opts, args.workers, Path.cwd()
-    )
+    script = render_search_script(args.config, args.overrides, cfg, opts, args.workers, Path.cwd())
     if args.dry_run:
         print(script, end="")
         return 0

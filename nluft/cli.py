@@ -99,9 +99,7 @@ def add_search_verb(verbs: Any) -> None:
         "search", help="hyperparameter search (grid, random, tpe) over the config's search space"
     )
     search.add_argument("config", help="YAML config with a search: section")
-    search.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="e.g. search.n_trials=20"
-    )
+    search.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. search.n_trials=20")
     search.add_argument("--parallel", type=int, default=1, help="trials at once (worker processes)")
     search.add_argument(
         "--requeue", action="store_true", help="requeue this Slurm job after a stop (nluft submit)"

@@ -195,7 +195,7 @@ class TrackingConfig(Section):
 
 
 class ParamSpec(Section):
-    """One searched key: exactly one of a finite `choice` or a `uniform`/`loguniform`/`int` range."""
+    """One searched key: a finite `choice`, or a `uniform`, `loguniform` or `int` range."""
 
     choice: list[Any] | None = Field(None, min_length=1)
     uniform: tuple[float, float] | None = None

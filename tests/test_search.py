@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import ROOT, nluft
+from test_slurm import cluster, job_id, wait_for  # noqa: F401  (cluster: a fixture)
 
 from launch.slurm import SubmitOptions, render_search_script
 from nluft.config import Config
@@ -37,6 +38,7 @@ def search_config(tiny_config: Path, tmp_path: Path, search: dict[str, Any], **t
     cfg["output_dir"] = str(tmp_path / "search")
     cfg["train"].update({**TINY_TRAIN, **train})
     cfg["search"] = search
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -78,11 +80,11 @@ def test_bad_spaces_are_one_line_errors(
 
 def test_cli_refuses_a_bad_space_with_exit_2(tiny_config: Path, tmp_path: Path) -> None:
     path = search_config(tiny_config, tmp_path, {"method": "grid", "space": GRID})
-    proc = nluft("search", str(path), "search.space.train.warmup_steps.int=[3,1]", timeout=120)
+    proc = nluft("search", str(path), "search.n_trials=9", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"nluft: error: {path}: key 'search.space.train.warmup_steps': int range [3, 1] is empty "
-        "or not positive"
+        f"nluft: error: {path}: search.n_trials: 9 exceeds the grid's 4 points; lower it or "
+        "leave it unset"
     ]
     assert not (tmp_path / "search").exists()
 
@@ -150,7 +152,7 @@ def test_median_pruner_stops_a_clearly_worse_trial(tiny_config: Path, tmp_path: 
 def test_killed_worker_does_not_lose_the_study(tiny_config: Path, tmp_path: Path) -> None:
     """SIGKILL mid-trial: the rerun retries the lost trial from its checkpoint, then finishes."""
     search = {"method": "random", "n_trials": 2, "seed": 3, "space": GRID}
-    path = search_config(tiny_config, tmp_path, search, max_steps=40, eval_steps=40, save_steps=2)
+    path = search_config(tiny_config, tmp_path, search, max_steps=12, eval_steps=12, save_steps=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "nluft", "search", str(path)],
@@ -194,3 +196,36 @@ def test_search_array_script_matches_golden_file() -> None:
     if os.environ.get("NLUFT_UPDATE_GOLDEN"):
         golden.write_text(script)
     assert script == golden.read_text(), f"re-render with NLUFT_UPDATE_GOLDEN=1 and review {golden}"
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("cluster")
+def test_slurm_array_shares_one_study_through_a_preemption(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    """2 array tasks pull trials from one journal; task 0 is preempted, requeued, and resumes."""
+    search = {"method": "random", "n_trials": 3, "seed": 5, "space": GRID}
+    path = search_config(tiny_config, tmp_path, search, max_steps=16, eval_steps=16, save_steps=2)
+    submitted = nluft("submit", str(path), "--search", "--workers", "2", check=True, timeout=120)
+    job = job_id(submitted.stdout)
+    out = tmp_path / "search"
+    deadline = time.time() + 300
+    while not list(out.glob("trial-*/checkpoints/step-*")) and time.time() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_0"], check=True, timeout=30)
+    wait_for(job)
+    logs = {i: (out / "slurm" / f"slurm-{job}_{i}.out").read_text() for i in (0, 1)}
+    task0 = subprocess.run(
+        ["scontrol", "-o", "show", "job", f"{job}_0"], capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "Restarts=1" in task0, logs[0][-3000:]
+    assert "stop signal; checkpointing" in logs[0] and "nluft: requeueing job" in logs[0]
+    done = trials(out)
+    complete = [t for t in done if t.state.name == "COMPLETE"]
+    assert len(complete) == 3, [t.state.name for t in done]
+    assert len({t.user_attrs["run_dir"] for t in complete}) == 3, "no trial counted twice"
+    resumed = [t for t in complete if "failed_trial" in t.system_attrs]
+    assert len(resumed) == 1, "the preempted trial came back once"
+    run_dir = out / resumed[0].user_attrs["run_dir"]
+    assert "resume" in events(run_dir), "resumed from its checkpoint, not from scratch"
+    assert json.loads((run_dir / "results" / "train.json").read_text())["steps"] == 16

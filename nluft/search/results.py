@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,17 +148,19 @@ def search_report(output_dir: Path, out: Path | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    figures = {"optimization_history.png": plots.plot_optimization_history}
+    figures: dict[str, Callable[[Any], Any]] = {
+        "optimization_history.png": plots.plot_optimization_history
+    }
     if len(complete) >= 2:  # importance needs finished trials that differ
         figures["param_importances.png"] = plots.plot_param_importances
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         for name, plot in figures.items():
-            ax = plot(study)
-            ax.figure.set_size_inches(7, 4.5)
-            ax.figure.tight_layout()
-            ax.figure.savefig(out / name, dpi=80)
-            plt.close(ax.figure)
+            figure: Any = plot(study).figure
+            figure.set_size_inches(7, 4.5)
+            figure.tight_layout()
+            figure.savefig(out / name, dpi=80)
+            plt.close(figure)
             written.append(out / name)
     lines = [search_summary(output_dir), ""]
     lines += [f"plot: {path}" for path in written]

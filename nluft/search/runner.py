@@ -23,7 +23,8 @@ from typing import Any
 
 from nluft.config import Config, SearchConfig, apply_override, check_files, read_yaml, validate
 from nluft.errors import NluftError
-from nluft.search import space, study as studies
+from nluft.search import space
+from nluft.search import study as studies
 
 EXIT_STOPPED = 3
 POLL_S = 2.0
@@ -218,8 +219,9 @@ def run_trial(ctx: Search, study: Any, trial: Any) -> str:
     if run_dir.is_dir() and not resume:
         shutil.rmtree(run_dir)  # stopped before its config was written: nothing to keep
     trial.set_user_attr("run_dir", run_dir.name)
-    shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                     for k, v in trial.params.items())
+    shown = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
     verb = "resuming" if resume else "starting"
     print(f"search: trial {trial.number}: {verb} {run_dir.name}: {shown}", flush=True)
     reporter = Reporter(trial, ctx.metric)
@@ -247,8 +249,11 @@ def tell(ctx: Search, study: Any, trial: Any, reporter: Reporter, results: dict[
 
     if "stopped_at_step" in results:
         studies.retry_now(study, trial, ctx.search)
-        print(f"search: trial {trial.number} stopped at step {results['stopped_at_step']}; "
-              "its retry resumes from the checkpoint", flush=True)
+        print(
+            f"search: trial {trial.number} stopped at step {results['stopped_at_step']}; "
+            "its retry resumes from the checkpoint",
+            flush=True,
+        )
         return "stopped"
     if reporter.pruned:
         studies.tell(study, trial, state=TrialState.PRUNED)

@@ -80,7 +80,7 @@ def build_pruner(search: SearchConfig) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(output_dir: Path, search: SearchConfig, direction: str) -> Any:
+def open_study(output_dir: Path, search: SearchConfig, direction: Any) -> Any:
     """Create the study, or load it to continue; quiet Optuna's per-trial logging."""
     import optuna
 
