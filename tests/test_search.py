@@ -229,3 +229,28 @@ def test_slurm_array_shares_one_study_through_a_preemption(
     run_dir = out / resumed[0].user_attrs["run_dir"]
     assert "resume" in events(run_dir), "resumed from its checkpoint, not from scratch"
     assert json.loads((run_dir / "results" / "train.json").read_text())["steps"] == 16
+
+
+@pytest.mark.distributed
+def test_ddp_trials_talk_to_the_study_from_rank_0_only(tiny_config: Path, tmp_path: Path) -> None:
+    """Under torchrun every rank trains each trial, but the study holds one trial per point."""
+    search = {"method": "grid", "space": {"train.learning_rate": {"choice": [1e-3, 3e-3]}}}
+    path = search_config(tiny_config, tmp_path, search)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run(
+        [*cmd, "-m", "nluft", "search", str(path), "strategy.name=ddp"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = trials(tmp_path / "search")
+    assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
+    for trial in done:
+        plan = json.loads(
+            (tmp_path / "search" / trial.user_attrs["run_dir"] / "plan.json").read_text()
+        )
+        assert plan["world_size"] == 2

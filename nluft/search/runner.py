@@ -25,6 +25,7 @@ from nluft.config import Config, SearchConfig, apply_override, check_files, read
 from nluft.errors import NluftError
 from nluft.search import space
 from nluft.search import study as studies
+from nluft.search.ranks import DrawChannel
 
 EXIT_STOPPED = 3
 POLL_S = 2.0
@@ -45,6 +46,7 @@ class Search:
     output_dir: Path
     requeue: bool = False
     stop_requested: bool = False
+    channel: DrawChannel | None = None  # a multi-process trial: rank 0 publishes each draw
 
     def request_stop(self, signum: int, frame: Any) -> None:
         self.stop_requested = True
@@ -107,8 +109,17 @@ def run_search(config_path: str, overrides: list[str], parallel: int, requeue: b
     """Run workers until the study holds `budget` finished trials; the exit code."""
     if parallel < 1:
         raise NluftError("--parallel must be at least 1")
+    from nluft.distributed import read_dist_env
+
     ctx = load_search(config_path, overrides, requeue)
     ctx.output_dir.mkdir(parents=True, exist_ok=True)
+    env = read_dist_env()
+    if env.is_distributed:  # under torchrun: every rank trains each trial, rank 0 asks
+        if parallel > 1:
+            raise NluftError("--parallel: under torchrun each trial already uses every rank")
+        ctx.channel = DrawChannel(ctx.output_dir, env)
+        if not env.is_main:
+            return follow(ctx)
     study = open_checked_study(ctx)
     helpers = [spawn_worker(config_path, overrides) for _ in range(1, parallel)]
     try:
@@ -118,6 +129,8 @@ def run_search(config_path: str, overrides: list[str], parallel: int, requeue: b
             if ctx.stop_requested:
                 proc.send_signal(signal.SIGTERM)  # they checkpoint their trials too
             proc.wait()
+    if ctx.channel is not None:
+        ctx.channel.publish({"exit": code})
     codes = [code, *(p.returncode for p in helpers)]
     if EXIT_STOPPED in codes:
         return EXIT_STOPPED
@@ -196,15 +209,32 @@ def next_trial(
         return trial, running
 
 
-def trial_config(ctx: Search, trial: Any, run_dir: Path) -> Config:
+def trial_overrides(ctx: Search, trial: Any, run_dir: Path) -> dict[str, Any]:
+    """The trial's parameters, its run directory, and its W&B group (the search) and name."""
     params = {key: trial.params[key] for key in ctx.search.space}
     wandb = ctx.cfg.tracking.wandb
-    extra = {
+    return {
+        **params,
         "output_dir": str(run_dir),
         "tracking.wandb.group": wandb.group or f"search-{ctx.output_dir.resolve().name}",
         "tracking.wandb.name": run_dir.name,
     }
-    return validate(space.with_params(ctx.raw, {**params, **extra}), ctx.source)
+
+
+def follow(ctx: Search) -> int:
+    """A rank other than 0: train each trial that rank 0 publishes, until it says stop."""
+    from nluft.train import main as train_main
+
+    assert ctx.channel is not None
+    while True:
+        draw = ctx.channel.receive()
+        if "exit" in draw:
+            return int(draw["exit"])
+        cfg = validate(space.with_params(ctx.raw, draw["overrides"]), ctx.source)
+        try:
+            train_main(cfg, resume=draw["resume"], reporter=Reporter(None, ctx.metric))
+        except Exception as err:  # rank 0 fails the trial in the study; go on with the next
+            print(f"search: trial failed on this rank: {err}", flush=True)
 
 
 def run_trial(ctx: Search, study: Any, trial: Any) -> str:
@@ -214,10 +244,13 @@ def run_trial(ctx: Search, study: Any, trial: Any) -> str:
     from nluft.train import main as train_main
 
     run_dir = ctx.output_dir / f"trial-{studies.root_number(study, trial):03d}"
-    cfg = trial_config(ctx, trial, run_dir)
+    overrides = trial_overrides(ctx, trial, run_dir)
+    cfg = validate(space.with_params(ctx.raw, overrides), ctx.source)
     resume = (run_dir / "config.yaml").is_file()
     if run_dir.is_dir() and not resume:
         shutil.rmtree(run_dir)  # stopped before its config was written: nothing to keep
+    if ctx.channel is not None:
+        ctx.channel.publish({"overrides": overrides, "resume": resume})
     trial.set_user_attr("run_dir", run_dir.name)
     shown = " ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
