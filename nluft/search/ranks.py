@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nluft.config import Config
 from nluft.distributed import DistEnv
 
 POLL_S = 0.2
@@ -56,3 +57,23 @@ class DrawChannel:
             time.sleep(POLL_S)
         self.count += 1
         return dict(json.loads(final.read_text()))
+
+
+def keep_process_group(cfg: Config, env: DistEnv) -> None:
+    """One process group for the whole search, made here so that no trial tears it down.
+
+    The strategies destroy only a group they created; re-creating the default group under
+    torchrun for every trial can hang on stale rendezvous keys.
+    """
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    cuda = cfg.train.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+    timeout = datetime.timedelta(seconds=cfg.strategy.timeout_s)
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)

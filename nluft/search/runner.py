@@ -25,7 +25,7 @@ from nluft.config import Config, SearchConfig, apply_override, check_files, read
 from nluft.errors import NluftError
 from nluft.search import space
 from nluft.search import study as studies
-from nluft.search.ranks import DrawChannel
+from nluft.search.ranks import DrawChannel, keep_process_group
 
 EXIT_STOPPED = 3
 POLL_S = 2.0
@@ -118,6 +118,7 @@ def run_search(config_path: str, overrides: list[str], parallel: int, requeue: b
         if parallel > 1:
             raise NluftError("--parallel: under torchrun each trial already uses every rank")
         ctx.channel = DrawChannel(ctx.output_dir, env)
+        keep_process_group(ctx.cfg, env)
         if not env.is_main:
             return follow(ctx)
     study = open_checked_study(ctx)
