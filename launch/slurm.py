@@ -285,3 +285,56 @@ def submit(script: str, cfg: Config, secrets: dict[str, str] | None = None) -> t
         message = (proc.stderr or proc.stdout).strip().splitlines()
         raise NluftError(f"sbatch rejected {path}: {message[-1] if message else proc.returncode}")
     return proc.stdout.strip().split(";")[0], path
+
+
+def render_search_script(
+    config_path: str,
+    overrides: list[str],
+    cfg: Config,
+    opts: SubmitOptions,
+    workers: int,
+    workdir: Path,
+) -> str:
+    """A `workers`-task array whose tasks run `nluft search` on one OUTPUT_DIR/study.journal.
+
+    Each task takes trials until the study has its budget. On USR1/TERM (preemption, wall time)
+    the worker checkpoints its trial, hands it back to the study (the retry resumes the checkpoint)
+    and requeues its own task (`--requeue`); a task killed hard leaves a trial that the other
+    workers retry once its heartbeat is older than `search.grace_s`.
+    """
+    if workers < 1:
+        raise NluftError("--workers must be at least 1")
+    if cfg.search is None:
+        raise NluftError(f"{config_path}: --search needs a 'search' section in the config")
+    if opts.nodes != 1 or opts.nproc_per_node != 1:
+        raise NluftError("--search: each worker runs its trials in one process on one node")
+    check_layout(cfg, opts)
+    run_dir = workdir / cfg.output_dir
+    array = SubmitOptions(**{**opts.__dict__, "array_overrides": ((),) * workers})
+    header = ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines(cfg, array, run_dir))]
+    search = " ".join(
+        [
+            opts.python,
+            "-m nluft search",
+            shlex.quote(config_path),
+            *map(shlex.quote, overrides),
+            "--requeue",
+        ]
+    )
+    body = [
+        "# Rendered by `nluft submit --search`: one search worker per array task, one study.",
+        "set -uo pipefail",
+        f"cd {shlex.quote(str(workdir))}",
+        *opts.setup_lines,
+        "export PYTHONUNBUFFERED=1",
+        "# After a stop the worker hands its trial back to the study and requeues this task.",
+        f"export NLUFT_MAX_REQUEUES={opts.max_requeues}",
+        f"srun --kill-on-bad-exit=1 {search} &",
+        "PID=$!",
+        'STOP=\'echo "nluft: stop signal; checkpointing"; scancel -s USR1 "$SLURM_JOB_ID.0"\'',
+        'trap "$STOP" USR1 TERM',
+        'while :; do wait "$PID"; RC=$?; kill -0 "$PID" 2>/dev/null || break; done',
+        'echo "nluft: search worker exited ($RC)"',
+        'exit "$RC"',
+    ]
+    return "\n".join([*header, "", *body]) + "\n"

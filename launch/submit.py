@@ -46,6 +46,16 @@ def add_parser(verbs: Any) -> None:
     )
     p.add_argument("--python", default=sys.executable, help="python on the compute nodes")
     p.add_argument("--dry-run", action="store_true", help="print the script; submit nothing")
+    add_search_options(p)
+
+
+def add_search_options(p: Any) -> None:
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="hyperparameter search: an array of workers sharing OUTPUT_DIR/study.journal",
+    )
+    p.add_argument("--workers", type=int, default=2, help="--search: array tasks (default 2)")
 
 
 def sweep_sets(specs: list[str]) -> tuple[tuple[str, ...], ...]:
@@ -84,6 +94,8 @@ def run_submit(args: argparse.Namespace) -> int:
         python=args.python,
         array_overrides=sweep_sets(args.sweep),
     )
+    if args.search:
+        return submit_search(args, cfg, opts)
     script = render_script(args.config, args.overrides, cfg, opts, Path.cwd())
     if args.dry_run:
         print(script, end="")
@@ -98,5 +110,23 @@ def run_submit(args: argparse.Namespace) -> int:
         / "slurm"
         / (f"slurm-{job}_*.out" if opts.array_overrides else f"slurm-{job}.out")
     )
+    print(f"submitted job {job}\nscript: {path}\nlog: {log}")
+    return 0
+
+
+def submit_search(args: argparse.Namespace, cfg: Any, opts: Any) -> int:
+    """`nluft submit --search`: the search's space is checked here, before sbatch."""
+    from launch.slurm import render_search_script, submit
+    from nluft.search.runner import load_search
+
+    if opts.array_overrides:
+        raise NluftError("--search and --sweep exclude each other; put the grid in search.space")
+    load_search(args.config, args.overrides)  # a bad space fails now, not in every task
+    script = render_search_script(args.config, args.overrides, cfg, opts, args.workers, Path.cwd())
+    if args.dry_run:
+        print(script, end="")
+        return 0
+    job, path = submit(script, cfg)
+    log = Path(cfg.output_dir) / "slurm" / f"slurm-{job}_*.out"
     print(f"submitted job {job}\nscript: {path}\nlog: {log}")
     return 0

@@ -61,6 +61,7 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
     add_run_verbs(verbs)
+    add_search_verb(verbs)
     if extend is not None:
         extend(verbs)
     return parser
@@ -129,6 +130,18 @@ def parse_args(
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     return args
+
+
+def add_search_verb(verbs: Any) -> None:
+    search = verbs.add_parser(
+        "search", help="hyperparameter search (grid, random, tpe) over the config's search space"
+    )
+    search.add_argument("config", help="YAML config with a search: section")
+    search.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. search.n_trials=20")
+    search.add_argument("--parallel", type=int, default=1, help="trials at once (worker processes)")
+    search.add_argument(
+        "--requeue", action="store_true", help="requeue this Slurm job after a stop (nluft submit)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +238,11 @@ def read_records(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    if (args.run_dir / "study.journal").is_file():  # the output_dir of `nluft search`
+        from nluft.search.results import search_report
+
+        print(search_report(args.run_dir, args.out), flush=True)
+        return 0
     from nluft.report import report
 
     print(report(args.run_dir, args.out), flush=True)
@@ -232,11 +250,23 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_sweep_summary(args: argparse.Namespace) -> int:
+    if (args.sweep_dir / "study.journal").is_file():  # the output_dir of `nluft search`
+        from nluft.search.results import search_summary
+
+        print(search_summary(args.sweep_dir), flush=True)
+        return 0
     quiet_libraries()
     from nluft.report import sweep_summary
 
     print(sweep_summary(args.sweep_dir, args.metric), flush=True)
     return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    from nluft.search.runner import run_search as search
+
+    return search(args.config, args.overrides, args.parallel, args.requeue)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -283,6 +313,7 @@ VERBS = {
     "export": run_export,
     "report": run_report,
     "sweep-summary": run_sweep_summary,
+    "search": run_search,
 }
 
 

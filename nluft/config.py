@@ -216,6 +216,55 @@ class TrackingConfig(Section):
     wandb: WandbConfig = WandbConfig()
 
 
+class ParamSpec(Section):
+    """One searched key: a finite `choice`, or a `uniform`, `loguniform` or `int` range."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(None, alias="int")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        kinds = [k for k in SEARCH_KINDS if self.values_of(k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(
+                f"a searched key takes exactly one of {', '.join(SEARCH_KINDS)} "
+                f"(got {', '.join(kinds) or 'none'})"
+            )
+        low, high = self.values_of(kinds[0]) if kinds[0] != "choice" else (0, 0)
+        if low > high or (kinds[0] == "loguniform" and low <= 0):
+            raise ValueError(f"{kinds[0]} range [{low}, {high}] is empty or not positive")
+        return self
+
+    def values_of(self, kind: str) -> Any:
+        return getattr(self, "integer" if kind == "int" else kind)
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SEARCH_KINDS if self.values_of(k) is not None)
+
+
+SEARCH_KINDS = ("choice", "uniform", "loguniform", "int")
+
+
+class SearchConfig(Section):
+    """`nluft search`: the space (any config key), the method, the budget and the pruner."""
+
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    method: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: int | None = Field(None, ge=1)  # grid: default (and at most) the grid's size
+    metric: str | None = None  # default: train.metric_for_best_model or the task's metric
+    direction: Literal["maximize", "minimize"] | None = None  # default: from the metric
+    pruner: Literal["none", "median", "hyperband"] = "none"
+    pruner_startup_trials: int = Field(2, ge=0)  # median: trials finished before any pruning
+    pruner_warmup_steps: int = Field(0, ge=0)  # median: steps before a trial can be pruned
+    startup_trials: int = Field(10, ge=1)  # tpe: random trials before the model takes over
+    seed: int = 0
+    grace_s: float = Field(60.0, gt=0)  # a trial whose worker is silent this long is retried
+    max_retries: int = Field(3, ge=0)  # retries of one trial after its worker stopped or died
+
+
 class Config(Section):
     task: str
     output_dir: str = Field(min_length=1)
@@ -229,6 +278,7 @@ class Config(Section):
     qa: QAConfig = QAConfig()
     relation: RelationConfig = RelationConfig()
     peft: PeftConfig | None = None
+    search: SearchConfig | None = None  # read by `nluft search`; `nluft train` ignores it
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
@@ -334,7 +384,8 @@ def describe_error(err: ValidationError, source: str) -> str:
     if kind == "missing":
         return f"{source}: missing required key '{key}'"
     if kind == "value_error":
-        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
+        where = f"key '{key}': " if key.startswith("search.") else ""  # others name their keys
+        return f"{source}: {where}{first['msg'].removeprefix('Value error, ')}"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return f"{source}: key '{key}': {first['msg']}{shown}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ class Run:
     tracker: Tracker
     checkpointer: Checkpointer
     stop: StopFlag
+    # After each validation: (step, metrics) -> stop? e.g. a search trial's pruner (rank 0 asks).
+    reporter: Callable[[int, dict[str, float]], bool] | None = None
 
     @property
     def pad_id(self) -> int:
@@ -64,7 +67,11 @@ class Run:
 
 
 def main(
-    cfg: Config, resume: bool = False, overwrite: bool = False, dry_run: bool = False
+    cfg: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    reporter: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate on validation and test, export. Returns the final metrics per split."""
     env = read_dist_env()
@@ -101,6 +108,7 @@ def main(
         tracker,
         Checkpointer(run_dir, cfg.train.save_total_limit, strategy),
         StopFlag(),
+        reporter,
     )
     if env.is_main:
         trainable, total = num_parameters(strategy.unwrapped())
@@ -337,6 +345,10 @@ def evaluate_and_track(run: Run, state: TrainState) -> bool:
         return False
     run.tracker.log(state.global_step, "eval/validation", metrics)
     run.tracker.info(f"step {state.global_step}: " + short(metrics, run.task.default_metric))
+    if run.reporter and run.strategy.any_rank(run.reporter(state.global_step, metrics)):
+        run.tracker.info(f"step {state.global_step}: pruned by the search (a worse trial)")
+        run.tracker.log(state.global_step, "event", {"event": "pruned"})
+        state.finished = True
     name = run.cfg.train.metric_for_best_model or run.task.default_metric
     value = metrics[name]
     greater = run.cfg.train.greater_is_better
