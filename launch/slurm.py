@@ -175,6 +175,14 @@ def setup_body(opts: SubmitOptions, secrets: dict[str, str]) -> list[str]:
 SECRET_MISSING = "set by nluft submit in the job environment; sbatch --export must include it"
 
 
+def quoted_args(overrides: list[str], secrets: dict[str, str]) -> list[str]:
+    """Overrides as shell words; one that holds a secret is read from its job variable."""
+    return [
+        f'"${{{name}:?{SECRET_MISSING}}}"' if name in secrets else shlex.quote(arg)
+        for name, arg in ((f"NLUFT_SECRET_ARG_{i}", a) for i, a in enumerate(overrides))
+    ]
+
+
 def render_script(
     config_path: str, overrides: list[str], cfg: Config, opts: SubmitOptions, workdir: Path
 ) -> str:
@@ -187,10 +195,7 @@ def render_script(
     )
     header = ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines(cfg, opts, run_dir))]
     secrets = secret_env(overrides, opts)
-    args = [
-        f'"${{{name}:?{SECRET_MISSING}}}"' if name in secrets else shlex.quote(arg)
-        for name, arg in ((f"NLUFT_SECRET_ARG_{i}", a) for i, a in enumerate(overrides))
-    ]
+    args = quoted_args(overrides, secrets)
     body = [
         "# Rendered by `nluft submit`; the job resumes itself after preemption or requeue.",
         "set -uo pipefail",
@@ -312,12 +317,13 @@ def render_search_script(
     run_dir = workdir / cfg.output_dir
     array = SubmitOptions(**{**opts.__dict__, "array_overrides": ((),) * workers})
     header = ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines(cfg, array, run_dir))]
+    secrets = secret_env(overrides, opts)
     search = " ".join(
         [
-            opts.python,
+            shlex.quote(opts.python),
             "-m nluft search",
             shlex.quote(config_path),
-            *map(shlex.quote, overrides),
+            *quoted_args(overrides, secrets),
             "--requeue",
         ]
     )
@@ -325,7 +331,7 @@ def render_search_script(
         "# Rendered by `nluft submit --search`: one search worker per array task, one study.",
         "set -uo pipefail",
         f"cd {shlex.quote(str(workdir))}",
-        *opts.setup_lines,
+        *setup_body(opts, secrets),
         "export PYTHONUNBUFFERED=1",
         "# After a stop the worker hands its trial back to the study and requeues this task.",
         f"export NLUFT_MAX_REQUEUES={opts.max_requeues}",

@@ -116,7 +116,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def submit_search(args: argparse.Namespace, cfg: Any, opts: Any) -> int:
     """`nluft submit --search`: the search's space is checked here, before sbatch."""
-    from launch.slurm import render_search_script, submit
+    from launch.slurm import render_search_script, secret_env, submit
     from nluft.search.runner import load_search
 
     if opts.array_overrides:
@@ -126,7 +126,7 @@ def submit_search(args: argparse.Namespace, cfg: Any, opts: Any) -> int:
     if args.dry_run:
         print(script, end="")
         return 0
-    job, path = submit(script, cfg)
+    job, path = submit(script, cfg, secret_env(args.overrides, opts))
     log = Path(cfg.output_dir) / "slurm" / f"slurm-{job}_*.out"
     print(f"submitted job {job}\nscript: {path}\nlog: {log}")
     return 0
