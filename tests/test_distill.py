@@ -23,7 +23,7 @@ from nluft.data import build_data
 from nluft.data.collate import collate
 from nluft.data.teacher_cache import TeacherLogits, save_teacher_logits
 from nluft.distill import DistillLoss, check_distill, prepare_distill
-from nluft.distill.loss import soft_target_kl
+from nluft.distill.loss import hidden_mse, soft_target_kl
 from nluft.distill.teacher import TeacherSource
 from nluft.distributed import DistEnv, build_strategy
 from nluft.evaluate import evaluate_split, load_for_inference
@@ -89,6 +89,12 @@ def test_kd_terms_for_multi_label_token_and_span_heads() -> None:
     mask = torch.tensor([[1, 1, 0]])
     span = soft_target_kl("span", student, teacher, t, torch.zeros(1), mask)
     assert float(span) == pytest.approx(KL_CASE / 2, abs=1e-6)
+    # Hidden states: student layer 1 (zeros) against teacher layer 2 (all 3.0) on the one real
+    # token (the padded one is all 50.0 and ignored): mean of (0 - 3)^2 = 9.
+    zeros = torch.zeros(1, 2, 4)
+    teacher_states = (zeros, zeros + 7, torch.tensor([[[3.0] * 4, [50.0] * 4]]))
+    mse = hidden_mse((zeros, zeros), teacher_states, [2], torch.tensor([[1, 0]]))
+    assert float(mse) == pytest.approx(9.0)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +210,9 @@ def test_cached_teacher_logits_equal_online_ones(
 def test_student_keeps_every_kth_teacher_layer(files: dict[str, Path]) -> None:
     from safetensors.torch import load_file
 
-    student = distill(files, "every2", "distill.keep_every=2", "train.max_steps=2")
+    # Online soft targets with hidden-state matching (layer map by default: teacher layers 1, 3).
+    online = ["distill.cache=false", "distill.hidden_weight=1"]
+    student = distill(files, "every2", "distill.keep_every=2", "train.max_steps=2", *online)
     assert json.loads((student / "export" / "config.json").read_text())["num_hidden_layers"] == 2
     # The student's starting point (its config's model) is the teacher's layers 0 and 2 + head.
     init_dir = Path(load_config(student / "config.yaml").model.name_or_path)
