@@ -92,6 +92,7 @@ def build_student_dir(cfg: Config, task: Task, export: Path, keep: list[int]) ->
     path = Path(cfg.data.cache_dir) / "students" / key
     if (path / "config.json").is_file():
         return path
+    model: Any
     model, tokenizer = load_exported(export, task)
     hf_config: Any = model.config
     parent, name = encoder_layers(model, hf_config.num_hidden_layers)
@@ -102,9 +103,9 @@ def build_student_dir(cfg: Config, task: Task, export: Path, keep: list[int]) ->
         if attention is not None and hasattr(attention, "layer_idx"):
             attention.layer_idx = new_index  # decoders index their KV cache by layer
     hf_config.num_hidden_layers = len(keep)
-    for sub in (getattr(hf_config, "text_config", None),):
-        if sub is not None:
-            sub.num_hidden_layers = len(keep)
+    text_config = getattr(hf_config, "text_config", None)  # multimodal wrappers
+    if text_config is not None:
+        text_config.num_hidden_layers = len(keep)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
