@@ -68,7 +68,7 @@ def check_same_tokenizer(cfg: Config, task: Task, export: Path) -> None:
     )
     if student.get_vocab() != teacher.get_vocab():
         raise NluftError(
-            f"distill.teacher: the student's tokenizer ({cfg.model.name_or_path}, vocabulary "
+            f"distill.teacher: the student's tokenizer ({student.name_or_path}, vocabulary "
             f"{len(student)}) differs from the teacher's ({export}, vocabulary {len(teacher)}); "
             "use a student with the teacher's tokenizer or set distill.keep_every"
         )
