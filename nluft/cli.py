@@ -41,6 +41,23 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     train.add_argument("--overwrite", action="store_true", help="delete output_dir first")
 
+    distill = verbs.add_parser(
+        "distill", help="train a smaller student on a finished run's soft targets"
+    )
+    distill.add_argument("config", help="YAML config of the student (see configs/)")
+    distill.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="teacher=RUN_DIR (same as distill.teacher=RUN_DIR), e.g. distill.keep_every=3",
+    )
+    for flag, text in (
+        ("--dry-run", "print the plan"),
+        ("--resume", "resume"),
+        ("--overwrite", "delete output_dir first"),
+    ):
+        distill.add_argument(flag, action="store_true", help=text)
+
     evaluate = verbs.add_parser("eval", help="evaluate a run's exported model on a split")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument(
@@ -51,7 +68,7 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     evaluate.add_argument(
         "--export",
         type=Path,
-        help="the export to evaluate (default RUN_DIR/export; e.g. RUN_DIR/export-adapter)",
+        help="the export to use (default RUN_DIR/export; e.g. RUN_DIR/export-adapter, export-int8)",
     )
 
     predict = verbs.add_parser("predict", help="predict labels with a run's exported model")
@@ -60,6 +77,9 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     source.add_argument("--input", type=Path, help="JSONL file with the config's text column(s)")
     source.add_argument("--text", help="one text to classify")
     predict.add_argument("--text-pair", help="second text, for sentence-pair tasks")
+    predict.add_argument(
+        "--export", type=Path, help="exported model to use (default RUN_DIR/export), e.g. int8"
+    )
     add_run_verbs(verbs)
     add_search_verb(verbs)
     if extend is not None:
@@ -82,6 +102,33 @@ def add_run_verbs(verbs: Any) -> None:
     export.add_argument(
         "--out", type=Path, help="target folder (default: RUN_DIR/export, or export-step-N)"
     )
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write a dynamically quantised CPU model to <export>-int8 (nluft/quantize.py)",
+    )
+
+    bench = verbs.add_parser(
+        "bench-infer", help="accuracy, size, CPU latency and throughput of exports, in one table"
+    )
+    bench.add_argument(
+        "paths", type=Path, nargs="+", metavar="RUN_DIR", help="run dirs (their export/)"
+    )
+    bench.add_argument(
+        "--export",
+        type=Path,
+        action="append",
+        default=[],
+        help="more exports, e.g. RUN/export-int8",
+    )
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    bench.add_argument(
+        "--latency-examples", type=int, default=100, help="batch-1 examples per round"
+    )
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    bench.add_argument("--json", type=Path, help="also write the measurements to this file")
 
     check = verbs.add_parser(
         "check-data", help="report data problems before training (exit 1 on errors)"
@@ -181,6 +228,19 @@ def run_train(args: argparse.Namespace) -> int:
     return EXIT_STOPPED if "stopped_at_step" in results else 0
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    """`nluft train` with `teacher=RUN_DIR` read as `distill.teacher=RUN_DIR` (required)."""
+    overrides = [
+        f"distill.{item}" if item.startswith("teacher=") else item for item in args.overrides
+    ]
+    from nluft.config import load_config
+
+    if load_config(args.config, overrides).distill.teacher is None:
+        raise NluftError("distill: name the teacher run: nluft distill CONFIG teacher=RUN_DIR")
+    args.overrides = overrides
+    return run_train(args)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.evaluate import evaluate_run
@@ -200,7 +260,7 @@ def run_predict(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.evaluate import predict_run
 
-    for row in predict_run(args.run_dir, records):
+    for row in predict_run(args.run_dir, records, args.export):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -273,7 +333,30 @@ def run_export(args: argparse.Namespace) -> int:
     quiet_libraries()
     from nluft.export import export_run
 
-    print(f"export: {export_run(args.path, args.checkpoint, args.out)}")
+    export_dir = export_run(args.path, args.checkpoint, args.out)
+    print(f"export: {export_dir}")
+    if args.quantize:
+        from nluft.quantize import write_quantized
+
+        out = export_dir.with_name(f"{export_dir.name}-{args.quantize}")
+        print(f"export ({args.quantize}): {write_quantized(export_dir, out, args.quantize)}")
+    return 0
+
+
+def run_bench_infer(args: argparse.Namespace) -> int:
+    quiet_libraries()
+    import torch
+
+    from nluft.bench_infer import bench_infer, format_bench, write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = bench_infer(
+        [*args.paths, *args.export], args.rounds, args.latency_examples, args.batch_size, args.split
+    )
+    print(format_bench(result), flush=True)
+    if args.json:
+        write_json(result, args.json)
     return 0
 
 
@@ -307,11 +390,13 @@ def run_plan(args: argparse.Namespace) -> int:
 VERBS = {
     "plan": run_plan,
     "train": run_train,
+    "distill": run_distill,
     "eval": run_eval,
     "predict": run_predict,
     "check-data": run_check_data,
     "export": run_export,
     "report": run_report,
+    "bench-infer": run_bench_infer,
     "sweep-summary": run_sweep_summary,
     "search": run_search,
 }

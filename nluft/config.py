@@ -197,6 +197,49 @@ class RelationConfig(Section):
     typed_markers: bool = True
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from a finished run (`nluft distill CONFIG teacher=RUN_DIR`).
+
+    Loss: alpha * task loss + (1 - alpha) * T^2 * KL(teacher at T || student at T)
+    [+ hidden_weight * MSE of hidden states]. Off while `teacher` is unset.
+    """
+
+    teacher: str | None = None  # the teacher's run directory (its export/ is used)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the task loss on the gold labels
+    temperature: float = Field(2.0, gt=0)
+    cache: bool = True  # teacher logits computed once, cached under data.cache_dir; else online
+    # Student initialised from the teacher keeping these encoder layers (0-based), or every k-th
+    # one (layers 0, k, 2k, ...), as DistilBERT was built; unset: model.name_or_path is the
+    # student (it must share the teacher's tokenizer).
+    student_layers: list[int] | None = None
+    keep_every: int | None = Field(None, ge=1)
+    hidden_weight: float = Field(0.0, ge=0)  # weight of the hidden-state MSE (needs cache: false)
+    layer_map: list[int] | None = None  # teacher layer (1-based) matched by each student layer
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.student_layers is not None and self.keep_every is not None:
+            raise ValueError("distill: set only one of distill.student_layers and keep_every")
+        if self.student_layers is not None and (
+            not self.student_layers
+            or min(self.student_layers) < 0
+            or sorted(set(self.student_layers)) != self.student_layers
+        ):
+            raise ValueError(
+                "distill.student_layers: a non-empty increasing list of teacher layer indices "
+                f"from 0, got {self.student_layers}"
+            )
+        if self.hidden_weight > 0 and self.cache:
+            raise ValueError(
+                "distill.hidden_weight: hidden-state matching runs the teacher online; "
+                "set distill.cache=false"
+            )
+        used = (self.student_layers, self.keep_every, self.layer_map)
+        if self.teacher is None and (any(v is not None for v in used) or self.hidden_weight):
+            raise ValueError("distill: distillation settings need distill.teacher=RUN_DIR")
+        return self
+
+
 class WandbConfig(Section):
     """Weights & Biases; only rank 0 starts a run, and its id lives in RUN_DIR/wandb_run_id."""
 
@@ -279,6 +322,7 @@ class Config(Section):
     relation: RelationConfig = RelationConfig()
     peft: PeftConfig | None = None
     search: SearchConfig | None = None  # read by `nluft search`; `nluft train` ignores it
+    distill: DistillConfig = DistillConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:

@@ -17,7 +17,8 @@ from nluft.data.loading import ROW_COLUMN
 from nluft.data.sampling import eval_batches, num_eval_steps
 from nluft.distributed import DistEnv, Strategy, build_strategy
 from nluft.errors import NluftError
-from nluft.models import load_exported
+from nluft.models import load_exported, load_tokenizer
+from nluft.quantize import is_quantized, load_quantized
 from nluft.tasks import Task, build_task
 
 
@@ -137,15 +138,20 @@ def load_for_inference(
 ) -> tuple[Config, Strategy, Task, Any]:
     """Config, a one-process strategy holding the exported model, the task, and the tokenizer.
 
-    `export_dir`: another export of the run (e.g. RUN_DIR/export-adapter); default RUN_DIR/export.
+    `export_dir` (default RUN_DIR/export) may be another export of the run, e.g. its int8 one.
     """
     cfg = load_run_config(run_dir, overrides)
     export_dir = export_dir or run_dir / "export"
     if not (export_dir / "config.json").is_file():
-        raise NluftError(f"{run_dir}: no export yet (train to the end, or run nluft export)")
+        raise NluftError(f"{export_dir}: no export there (train to the end, or run nluft export)")
     cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
     task = build_task(cfg)
-    model, tokenizer = load_exported(export_dir, task)
+    if is_quantized(export_dir):  # int8 kernels run on the CPU, in fp32 activations
+        model, tokenizer = load_quantized(export_dir), load_tokenizer(str(export_dir), task)
+        cpu = cfg.train.model_copy(update={"device": "cpu", "precision": "fp32"})
+        cfg = cfg.model_copy(update={"train": cpu})
+    else:
+        model, tokenizer = load_exported(export_dir, task)
     hf_config: Any = model.config
     task.label_names = [hf_config.id2label[i] for i in range(hf_config.num_labels)]
     strategy = build_strategy(cfg, DistEnv())
@@ -156,7 +162,7 @@ def load_for_inference(
 def evaluate_run(
     run_dir: Path, split: str, overrides: list[str], export_dir: Path | None = None
 ) -> dict[str, float]:
-    """Metrics of a run's exported model on one split of its data."""
+    """Metrics of a run's exported model (or of `export_dir`) on one split of its data."""
     cfg, strategy, task, tokenizer = load_for_inference(run_dir, overrides, export_dir)
     data = build_data(cfg, task, tokenizer, is_main=True, barrier=lambda: None)
     if split not in data.features:
@@ -172,9 +178,11 @@ def evaluate_run(
     return metrics
 
 
-def predict_run(run_dir: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def predict_run(
+    run_dir: Path, records: list[dict[str, Any]], export_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Predictions with label names and scores for raw records (columns as in the config)."""
-    cfg, strategy, task, tokenizer = load_for_inference(run_dir, [])
+    cfg, strategy, task, tokenizer = load_for_inference(run_dir, [], export_dir)
     examples = Dataset.from_list(records).add_column(ROW_COLUMN, list(range(len(records))))
     # The same encoding as training data: an example may become several features (windows).
     features = encode_split(task, tokenizer, examples, "predict", {"predict": "--input"})

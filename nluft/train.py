@@ -31,10 +31,11 @@ from nluft.config import Config, Plan, build_plan, to_yaml
 from nluft.data import TaskData, build_data, num_windowed
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import rank_slice, train_batches
+from nluft.distill import LossFn, check_distill, prepare_distill
 from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
-from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
+from nluft.evaluate import EvaluationStopped, evaluate_split
 from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
 from nluft.models import build_model, build_tokenizer, count_parameters
@@ -58,6 +59,7 @@ class Run:
     tracker: Tracker
     checkpointer: Checkpointer
     stop: StopFlag
+    loss_fn: LossFn  # the task's loss, or distillation around it (nluft/distill)
     # After each validation: (step, metrics) -> stop? e.g. a search trial's pruner (rank 0 asks).
     reporter: Callable[[int, dict[str, float]], bool] | None = None
 
@@ -77,6 +79,7 @@ def main(
     env = read_dist_env()
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
+    cfg = check_distill(cfg, task)
     if not dry_run:
         # Check now, create only once data and model are good: bad input leaves the dir untouched.
         run_dir = check_run_dir(cfg, resume, overwrite)
@@ -90,6 +93,7 @@ def main(
             print(count_parameters(cfg, task, tokenizer))
             print(configured_line(cfg, env.world_size))
         return info
+    cfg, loss_fn = prepare_distill(cfg, task, tokenizer, data, strategy)
     with strategy.model_init_context():
         model = build_model(cfg.model, task, tokenizer, cfg.peft)
     strategy.setup(model, plan)
@@ -108,6 +112,7 @@ def main(
         tracker,
         Checkpointer(run_dir, cfg.train.save_total_limit, strategy),
         StopFlag(),
+        loss_fn,
         reporter,
     )
     if env.is_main:
@@ -159,16 +164,16 @@ def train(run: Run, state: TrainState) -> TrainState:
         batches = epoch_batches(run, state.epoch)
         for i in range(state.batch_in_epoch, len(batches)):
             boundary = (i + 1) % accum == 0
+            indices = batches[i]
             batch = collate(
-                run.data.features["train"].select_columns(train_columns(run))[batches[i]],
-                run.pad_id,
+                run.data.features["train"].select_columns(train_columns(run))[indices], run.pad_id
             )
             labels = batch.pop("labels").to(strategy.device)
             inputs = {k: v.to(strategy.device) for k, v in batch.items()}
             with strategy.no_sync() if not boundary else nullcontext():
                 with strategy.autocast():
-                    outputs = strategy.model(**inputs)  # type: ignore[misc]
-                    loss = run.task.loss(head_output(outputs, inputs["attention_mask"]), labels)
+                    outputs = strategy.model(**inputs, **run.loss_fn.forward_kwargs)  # type: ignore[misc]
+                    loss = run.loss_fn(outputs, inputs, labels, indices)
                 strategy.backward(loss / accum)
             meter.add(float(loss.detach()), inputs["attention_mask"], len(labels))
             state.batch_in_epoch = i + 1

@@ -238,6 +238,7 @@ def runs(
 
     cut_at(r.path["single"], RESUME_STEP, tmp / "r12")
     jobs = [r.train(name, *overrides) for name, overrides in PARITY.items()]
+    jobs += [r.train(name, *PARITY["ddp"], *overrides) for name, overrides in distill(r).items()]
     resume_12 = r.train("r12", *PARITY["ddp"])
     jobs += [
         {**resume_12, "argv": [*resume_12["argv"], "--resume"]},
@@ -250,6 +251,7 @@ def runs(
     resume_21 = r.train("r21", "strategy.name=ddp", "train.per_device_train_batch_size=8")
     reexport = r.path["ddp"] / "reexport"
     jobs = [
+        r.train("distill_single", *SINGLE, *distill(r)["distill_ddp"]),
         {**resume_21, "argv": [*resume_21["argv"], "--resume"]},
         {"kind": "cli", "argv": ["export", str(r.path["ddp"]), "--out", str(reexport)]},
         r.evaluate("eval_1_rank", "single", "single", **r.odd()),
@@ -258,6 +260,26 @@ def runs(
     ]
     run_jobs(jobs, tmp / "jobs3.json", nproc=1)
     return r.path
+
+
+def distill(r: Runs) -> dict[str, list[str]]:
+    """Students of run "single" (its layer 0): cached soft targets, and online (issue 12)."""
+    student = [f"distill.teacher={r.path['single']}", "distill.keep_every=2"]
+    return {"distill_ddp": student, "distill_online_ddp": [*student, "distill.cache=false"]}
+
+
+def test_distillation_on_two_ranks_matches_one_process(runs: dict[str, Path]) -> None:
+    """Cached soft targets (rank 0 computes, both read) and online ones (each rank runs the
+    teacher on its micro-batches) give the single-process distillation's loss curve."""
+    want = losses(runs["distill_single"])
+    assert sorted(want) == list(range(1, TOTAL_STEPS + 1))
+    for run in ("distill_ddp", "distill_online_ddp"):
+        got = losses(runs[run])
+        for step, loss in want.items():
+            assert got[step] == pytest.approx(loss, rel=1e-4), (run, step)
+    assert want != losses(runs["single"])  # the soft targets changed the objective
+    student = json.loads((runs["distill_ddp"] / "export" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 1
 
 
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
