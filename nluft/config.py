@@ -376,7 +376,8 @@ def build_plan(cfg: Config, world_size: int, num_train_examples: int) -> Plan:
     train = cfg.train
     micro_batch = train.per_device_train_batch_size * world_size
     batches_per_epoch = max(1, math.ceil(num_train_examples / micro_batch))
-    steps_per_epoch = max(1, batches_per_epoch // train.gradient_accumulation_steps)
+    # An epoch's last, partial accumulation group still steps (as the Hugging Face Trainer).
+    steps_per_epoch = math.ceil(batches_per_epoch / train.gradient_accumulation_steps)
     if train.max_steps > 0:
         total_steps = train.max_steps
     else:

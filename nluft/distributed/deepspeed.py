@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import importlib
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from nluft.config import Config, Plan
-from nluft.distributed.base import model_state_bytes
+from nluft.distributed.base import StepResult, model_state_bytes, overflow_is_fault
 from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_stage
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
@@ -112,6 +113,8 @@ class DeepSpeedStrategy(GroupCollectives):
             lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, plan),
         )
         self.model = self.engine
+        if self.stage == 0 and not (self.ds_config["bf16"]["enabled"] or self.precision == "fp16"):
+            record_grad_norm(self.engine)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         # The engine already holds the model in bf16/fp16; no autocast on top.
@@ -121,11 +124,18 @@ class DeepSpeedStrategy(GroupCollectives):
         # The loop already divided the loss by the accumulation steps.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> float:
+    def step(self) -> StepResult:
         """Reduce, clip, update and zero in the engine; it also advances the schedule."""
+        scale = float(getattr(self.engine.optimizer, "loss_scale", 0.0) or 0.0)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = None if norm is None else float(norm)
+        if not getattr(self.engine, "_step_applied", True):  # an fp16 loss-scaler overflow
+            # DeepSpeed does not advance the schedule on a skip; the loop's step count does.
+            self.engine.lr_scheduler.step()
+            return StepResult(norm, skipped=True, fault=overflow_is_fault(scale))
+        fault = norm is not None and not math.isfinite(norm)
+        return StepResult(norm, fault=fault)
 
     @property
     def learning_rate(self) -> float:
@@ -230,3 +240,32 @@ def to_export(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy; 16-bit floating weights are saved as fp32 like the single-process export."""
     tensor = tensor.detach().cpu()
     return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def record_grad_norm(engine: Any) -> None:
+    """Make ZeRO-0 in fp32 report its gradient norm, as every other configuration does.
+
+    There DeepSpeed steps a plain torch optimizer and keeps no norm (`get_global_grad_norm()` is
+    None). The engine copies an optimizer's `_global_grad_norm` after each step: measure it on
+    the reduced gradients, before clipping when the engine clips.
+    """
+    optimizer = engine.optimizer
+    clip, step = engine.clip_fp32_gradients, optimizer.step
+
+    def total_norm() -> float:
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    def clip_and_record() -> None:
+        optimizer._global_grad_norm = total_norm()
+        optimizer._clipped = True
+        clip()
+
+    def step_and_record(*args: Any, **kwargs: Any) -> Any:
+        if not getattr(optimizer, "_clipped", False):
+            optimizer._global_grad_norm = total_norm()
+        optimizer._clipped = False
+        return step(*args, **kwargs)
+
+    engine.clip_fp32_gradients = clip_and_record
+    optimizer.step = step_and_record

@@ -31,7 +31,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 from nluft.config import Config, Plan
-from nluft.distributed.base import DTYPES
+from nluft.distributed.base import DTYPES, StepResult
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
 from nluft.errors import NluftError
@@ -120,19 +120,18 @@ class FSDPStrategy(GroupCollectives):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> StepResult:
         assert self.model is not None
         max_norm = self.cfg.train.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)  # skip the update: weights stay finite
-            return float(norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()  # else skip the update: weights stay finite
+        self.scheduler.step()  # also on a skipped update: the schedule follows global_step
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return StepResult(float(norm), skipped=not finite, fault=not finite)
 
     @property
     def learning_rate(self) -> float:

@@ -38,6 +38,7 @@ class RelationTask:
 
     name = "relation"
     model_kind = "entity_marker_classification"
+    has_confusion_matrix = False
     default_metric = "micro_f1"
 
     def __init__(self, cfg: Config) -> None:
