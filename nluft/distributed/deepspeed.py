@@ -250,22 +250,45 @@ def record_grad_norm(engine: Any) -> None:
     the reduced gradients, before clipping when the engine clips.
     """
     optimizer = engine.optimizer
-    clip, step = engine.clip_fp32_gradients, optimizer.step
+    clip = engine.clip_fp32_gradients
+    clipped = [False]
 
     def total_norm() -> float:
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
         return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
     def clip_and_record() -> None:
-        optimizer._global_grad_norm = total_norm()
-        optimizer._clipped = True
+        optimizer._global_grad_norm, clipped[0] = total_norm(), True
         clip()
 
-    def step_and_record(*args: Any, **kwargs: Any) -> Any:
-        if not getattr(optimizer, "_clipped", False):
+    def record_unclipped(*_: Any) -> None:
+        if not clipped[0]:
             optimizer._global_grad_norm = total_norm()
-        optimizer._clipped = False
-        return step(*args, **kwargs)
+        clipped[0] = False
 
     engine.clip_fp32_gradients = clip_and_record
-    optimizer.step = step_and_record
+    optimizer.register_step_pre_hook(record_unclipped)
+
+
+def read_weights(checkpoint: Path, precision: str) -> dict[str, torch.Tensor]:
+    """Full model weights from a DeepSpeed checkpoint, read by one plain process (no group).
+
+    ZeRO 0-2 keep the whole module in rank 0's `mp_rank_00_model_states.pt`, exactly what the
+    end-of-training export gathers; ZeRO-3 shards it, so its fp32 master weights are merged
+    (`get_fp32_state_dict_from_zero_checkpoint`) and rounded to the training precision as the
+    live parameters were. DeepSpeed's files are pickles (weights_only=False): see SECURITY.md.
+    """
+    meta = json.loads((checkpoint / META).read_text())
+    if meta["zero_stage"] < 3:
+        states = torch.load(
+            checkpoint / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
+        return {k: to_export(v) for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    skip_shm_comm_build()
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=TAG)
+    if precision == "fp32":
+        return dict(state)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return {k: v.to(dtype).float() if v.is_floating_point() else v for k, v in state.items()}

@@ -175,3 +175,14 @@ class FSDPStrategy(GroupCollectives):
         if isinstance(param, DTensor):
             return int(param.to_local().numel())
         return param.numel()
+
+
+def read_weights(checkpoint: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full model weights from an FSDP checkpoint, read by one plain process (no group).
+
+    DCP fills `template` (the model's own state dict) from every rank's shard file; the
+    optimizer state in the same files is not read.
+    """
+    state = {"model": {k: v.detach().clone() for k, v in template.items()}}
+    dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR), no_dist=True)
+    return state["model"]

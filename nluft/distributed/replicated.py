@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 
 from nluft.config import Plan
 from nluft.distributed.base import StepResult, Strategy, overflow_is_fault
@@ -109,3 +109,8 @@ def step_result(norm: float, loss_scaling: bool, scale_before: float) -> StepRes
         return StepResult(norm)
     fault = overflow_is_fault(scale_before) if loss_scaling else True
     return StepResult(norm, skipped=True, fault=fault)
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The full model weights of a `single`/`ddp` checkpoint (one file)."""
+    return load_file(str(checkpoint / MODEL_FILE))
