@@ -224,7 +224,23 @@ class Config(Section):
                 f"strategy.name: unknown strategy {self.strategy.name!r}; "
                 f"choose one of {', '.join(STRATEGY_NAMES)}"
             )
+        check_train_combinations(self)
         return self
+
+
+def check_train_combinations(cfg: Config) -> None:
+    """Combinations the schema accepts but no run can honour: refused before anything runs."""
+    train = cfg.train
+    if cfg.strategy.name == "fsdp" and train.precision == "fp16":
+        raise ValueError(
+            "train.precision: fp16 with strategy.name=fsdp needs a sharded loss scaler that nluft "
+            "does not provide; use bf16 (no loss scaling needed) or strategy.name=deepspeed"
+        )
+    if train.early_stopping_patience and train.eval_strategy == "no":
+        raise ValueError(
+            "train.early_stopping_patience: needs evaluations, but train.eval_strategy is 'no'; "
+            "set train.eval_strategy to steps or epoch"
+        )
 
 
 # --- loading -------------------------------------------------------------------------------
