@@ -1,7 +1,7 @@
 """Stop requests (preemption, wall time) and the Slurm requeue that resumes a stopped run.
 
-SIGTERM and SIGUSR1 only set a flag. The training loop (every step) and the evaluation loop
-(every batch) agree on it across ranks, so all ranks stop at the same point; the run then
+SIGTERM and SIGUSR1 only set a flag. The training loop (every micro-batch) and the evaluation
+loop (every batch) agree on it across ranks, so all ranks stop at the same point; the run then
 checkpoints and exits with code 3. In a job rendered by `nluft submit` (which exports
 NLUFT_REQUEUE=1 and NLUFT_MAX_REQUEUES), rank 0 then calls `scontrol requeue`, and the requeued
 job runs `nluft train --resume`. Requeueing a running job makes slurmctld signal and, after
