@@ -58,7 +58,10 @@ def export_run(path: Path, which: str = "best", out: Path | None = None) -> Path
     task = build_task(cfg)
     examples, _ = load_raw_splits(cfg.data, cfg.ner)
     task.prepare(examples)  # the label set, hence the head's size, comes from the training data
-    tokenizer = build_tokenizer(cfg.model, task)  # with the task's own tokens (entity markers)
+    tokenizer = build_tokenizer(cfg.model, task)
+    extend_tokenizer = getattr(task, "extend_tokenizer", None)
+    if extend_tokenizer is not None:  # the task's own tokens (relation's entity markers)
+        extend_tokenizer(tokenizer)
     one = cfg.model_copy(update={"strategy": StrategyConfig(timeout_s=cfg.strategy.timeout_s)})
     strategy = build_strategy(one, DistEnv())
     strategy.setup_inference(build_model(cfg.model, task, tokenizer))
