@@ -230,7 +230,10 @@ def matrix(
         if cell["check"] == "resume":
             results[name]["resumed"] = tmp / f"{name}-resumed"
         else:
-            results[name]["eval"] = export_and_eval(tmp / name)
+            try:  # a failing cell fails alone
+                results[name]["eval"] = export_and_eval(tmp / name)
+            except Exception as err:  # re-raised by the cell's test
+                results[name]["eval"] = err
     return results
 
 
@@ -283,6 +286,8 @@ def test_cell(matrix: dict[str, dict[str, Any]], cell: dict[str, str]) -> None:
     start, end = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert end <= (1 - LEARNS) * start, f"loss fell only from {start:.4f} to {end:.4f}"
     if cell["check"] == "export":
+        if isinstance(result["eval"], Exception):
+            raise result["eval"]
         assert_close(result["eval"], final(result["run"]), 1e-6)
         return
     resumed = records(result["resumed"])

@@ -7,6 +7,7 @@ reshards on load, so a run resumes on any number of ranks with model and optimiz
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -184,5 +185,7 @@ def read_weights(checkpoint: Path, template: dict[str, torch.Tensor]) -> dict[st
     optimizer state in the same files is not read.
     """
     state = {"model": {k: v.detach().clone() for k, v in template.items()}}
-    dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR), no_dist=True)
     return state["model"]
