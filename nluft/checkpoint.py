@@ -37,6 +37,7 @@ from nluft.models.peft import is_peft_model, save_merged_and_adapter
 
 MANIFEST = "MANIFEST.json"
 STATE = "trainer_state.json"
+PLAN = "plan.json"  # the plan the run was saved under (batch, steps): checked on resume
 PREFIX = "step-"
 
 
@@ -133,22 +134,27 @@ def write_atomic(path: Path, text: str) -> None:
 class Checkpointer:
     """Saves and finds checkpoints; owns retention (keep the last N plus the best)."""
 
-    def __init__(self, run_dir: Path, keep_last: int, strategy: Strategy) -> None:
+    def __init__(
+        self, run_dir: Path, keep_last: int, strategy: Strategy, plan: Plan | None = None
+    ) -> None:
         self.root = run_dir / "checkpoints"
         self.keep_last = keep_last
         self.strategy = strategy
         self.is_main = strategy.env.is_main
+        self.plan = plan
 
-    def save(self, state: TrainState) -> Path:
+    def save(self, state: TrainState, rng: dict[str, Any] | None = None) -> Path:
         """Write a complete checkpoint of the current step (every rank calls this).
 
+        `rng`: this rank's random state to store instead of the current one (a stop inside an
+        accumulation group stores the state at the group's start, so resume redoes it exactly).
         A failed write (disk full, I/O error) on any rank removes the partial files on every rank
         and raises: training never continues as if it had saved.
         """
         final = self.root / f"{PREFIX}{state.global_step:08d}"
         tmp = self.root / f".tmp-{final.name}"
         self.guarded(final, tmp, lambda: self.prepare_tmp(tmp))
-        self.guarded(final, tmp, lambda: self.write_rank_files(tmp))
+        self.guarded(final, tmp, lambda: self.write_rank_files(tmp, rng))
         self.guarded(final, tmp, lambda: self.seal(tmp, final, state))
         return final
 
@@ -157,15 +163,17 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
 
-    def write_rank_files(self, tmp: Path) -> None:
+    def write_rank_files(self, tmp: Path, rng: dict[str, Any] | None = None) -> None:
         self.strategy.save(tmp)
-        torch.save(rng_state(), tmp / f"rng-{self.strategy.env.rank}.pt")
+        torch.save(rng or rng_state(), tmp / f"rng-{self.strategy.env.rank}.pt")
 
     def seal(self, tmp: Path, final: Path, state: TrainState) -> None:
         """Rank 0: trainer state, manifest, fsync, then the rename that publishes the checkpoint."""
         if not self.is_main:
             return
         write_atomic(tmp / STATE, json.dumps(dataclasses.asdict(state), indent=2))
+        if self.plan is not None:
+            write_atomic(tmp / PLAN, json.dumps(dataclasses.asdict(self.plan), indent=2))
         write_atomic(tmp / MANIFEST, json.dumps(build_manifest(tmp), indent=2))
         fsync_dir(tmp)
         old = self.root / f".old-{final.name}"
@@ -220,6 +228,8 @@ class Checkpointer:
 
     def load(self, path: Path) -> TrainState:
         """Restore strategy state and this rank's RNG; return the trainer state."""
+        if self.plan is not None and (path / PLAN).is_file():
+            check_resumable(json.loads((path / PLAN).read_text()), self.plan)
         self.strategy.load(path)
         rng_file = path / f"rng-{self.strategy.env.rank}.pt"
         if rng_file.is_file():
@@ -238,6 +248,26 @@ class Checkpointer:
 
     def path_of(self, step: int) -> Path:
         return self.root / f"{PREFIX}{step:08d}"
+
+
+def check_resumable(saved: dict[str, Any], now: Plan) -> None:
+    """Resuming continues the saved batch order and schedule: same global batch, same steps.
+
+    Checked for every strategy before any state is read (ddp, FSDP and DeepSpeed alike).
+    """
+    if saved["effective_batch"] != now.effective_batch:
+        raise NluftError(
+            f"train.per_device_train_batch_size: the checkpoint was written with an effective "
+            f"batch of {saved['effective_batch']}, this run has {now.effective_batch} on "
+            f"{now.world_size} rank(s); set per_device_train_batch_size x ranks x "
+            f"gradient_accumulation_steps = {saved['effective_batch']} to resume"
+        )
+    if saved["total_steps"] != now.total_steps:
+        raise NluftError(
+            f"train.max_steps: the checkpoint's learning-rate schedule runs {saved['total_steps']} "
+            f"steps, this run plans {now.total_steps}; keep train.max_steps and "
+            "train.num_train_epochs as they were to resume"
+        )
 
 
 def build_manifest(directory: Path) -> dict[str, Any]:

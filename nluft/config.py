@@ -346,7 +346,23 @@ class Config(Section):
                 f"strategy.name: unknown strategy {self.strategy.name!r}; "
                 f"choose one of {', '.join(STRATEGY_NAMES)}"
             )
+        check_train_combinations(self)
         return self
+
+
+def check_train_combinations(cfg: Config) -> None:
+    """Combinations the schema accepts but no run can honour: refused before anything runs."""
+    train = cfg.train
+    if cfg.strategy.name == "fsdp" and train.precision == "fp16":
+        raise ValueError(
+            "train.precision: fp16 with strategy.name=fsdp needs a sharded loss scaler that nluft "
+            "does not provide; use bf16 (no loss scaling needed) or strategy.name=deepspeed"
+        )
+    if train.early_stopping_patience and train.eval_strategy == "no":
+        raise ValueError(
+            "train.early_stopping_patience: needs evaluations, but train.eval_strategy is 'no'; "
+            "set train.eval_strategy to steps or epoch"
+        )
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -501,7 +517,8 @@ def build_plan(cfg: Config, world_size: int, num_train_examples: int) -> Plan:
     train = cfg.train
     micro_batch = train.per_device_train_batch_size * world_size
     batches_per_epoch = max(1, math.ceil(num_train_examples / micro_batch))
-    steps_per_epoch = max(1, batches_per_epoch // train.gradient_accumulation_steps)
+    # An epoch's last, partial accumulation group still steps (as the Hugging Face Trainer).
+    steps_per_epoch = math.ceil(batches_per_epoch / train.gradient_accumulation_steps)
     if train.max_steps > 0:
         total_steps = train.max_steps
     else:

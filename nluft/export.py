@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from nluft.checkpoint import MANIFEST, PREFIX, STATE, export_model, verify_manifest
+from nluft.config import StrategyConfig
 from nluft.data.loading import load_raw_splits
-from nluft.distributed import DistEnv, build_strategy
+from nluft.distributed import DistEnv, build_strategy, read_checkpoint_weights
 from nluft.errors import NluftError
 from nluft.evaluate import load_run_config
-from nluft.models import build_model, build_tokenizer
+from nluft.models import build_model, build_tokenizer, first_line
 from nluft.tasks import build_task
 
 
@@ -45,19 +47,54 @@ def is_intact(path: Path) -> bool:
 
 
 def export_run(path: Path, which: str = "best", out: Path | None = None) -> Path:
-    """Load a checkpoint's weights into the run's model and write the Hugging Face folder."""
+    """Load a checkpoint's weights into the run's model and write the Hugging Face folder.
+
+    One plain process reads any strategy's checkpoint (replicated file, FSDP's DCP shards,
+    DeepSpeed's ZeRO files) whatever world size wrote it, then writes through `export_model`,
+    the end-of-training export.
+    """
     run_dir, checkpoint = find_checkpoint(path, which)
     cfg = load_run_config(run_dir, [])
-    # Replicated checkpoints (single, ddp) hold the full model in one file: one process reads it.
-    cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
     task = build_task(cfg)
-    examples, _ = load_raw_splits(cfg.data)
+    examples, _ = load_raw_splits(cfg.data, cfg.ner)
     task.prepare(examples)  # the label set, hence the head's size, comes from the training data
-    tokenizer = build_tokenizer(cfg.model)
-    strategy = build_strategy(cfg, DistEnv())
+    tokenizer = build_tokenizer(cfg.model, task)
+    extend_tokenizer = getattr(task, "extend_tokenizer", None)
+    if extend_tokenizer is not None:  # the task's own tokens (relation's entity markers)
+        extend_tokenizer(tokenizer)
+    one = cfg.model_copy(update={"strategy": StrategyConfig(timeout_s=cfg.strategy.timeout_s)})
+    strategy = build_strategy(one, DistEnv())
     strategy.setup_inference(build_model(cfg.model, task, tokenizer, cfg.peft))
-    strategy.load(checkpoint, weights_only=True)
+    model = strategy.unwrapped()
+    template, frozen = model.state_dict(), set[str]()
+    if cfg.peft is not None:  # a PEFT checkpoint holds what trains; the rest is the base model
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        frozen = set(template) - trainable
+        template = {k: v for k, v in template.items() if k in trainable}
+    try:
+        weights = read_checkpoint_weights(cfg, checkpoint, template)
+    except (OSError, RuntimeError, KeyError, ValueError) as err:
+        raise NluftError(f"{checkpoint}: cannot read its weights ({first_line(err)})") from None
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in tied_names(model) and k not in frozen]
+    if missing or unexpected:
+        raise NluftError(
+            f"{checkpoint}: its weights do not fit the run's model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); was config.yaml edited after training?"
+        )
     default = run_dir / ("export" if path == run_dir else f"export-{checkpoint.name}")
     export_dir = export_model(strategy, tokenizer, out or default)
     assert export_dir is not None
     return export_dir
+
+
+def tied_names(model: Any) -> set[str]:
+    """State-dict keys sharing storage with another key (safetensors files keep one of them)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for name, tensor in model.state_dict().items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            tied |= {name, seen[ptr]}
+        seen[ptr] = name
+    return tied

@@ -1,7 +1,7 @@
 """Stop requests (preemption, wall time) and the Slurm requeue that resumes a stopped run.
 
-SIGTERM and SIGUSR1 only set a flag. The training loop (every step) and the evaluation loop
-(every batch) agree on it across ranks, so all ranks stop at the same point; the run then
+SIGTERM and SIGUSR1 only set a flag. The training loop (every micro-batch) and the evaluation
+loop (every batch) agree on it across ranks, so all ranks stop at the same point; the run then
 checkpoints and exits with code 3. In a job rendered by `nluft submit` (which exports
 NLUFT_REQUEUE=launcher and NLUFT_MAX_REQUEUES), the job script calls `scontrol requeue` once every
 node has exited, and the requeued job runs `nluft train --resume`; with NLUFT_REQUEUE=1 (scripts

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import transformers
 
 from nluft.checkpoint import (
@@ -24,20 +24,23 @@ from nluft.checkpoint import (
     check_run_dir,
     create_run_dir,
     export_model,
+    rng_state,
     write_atomic,
     write_plan,
 )
 from nluft.config import Config, Plan, build_plan, to_yaml
 from nluft.data import TaskData, build_data, num_windowed
 from nluft.data.collate import MODEL_INPUTS, collate
-from nluft.data.sampling import rank_slice, train_batches
+from nluft.data.sampling import MicroBatch, accumulation_groups, num_terms, train_batches
 from nluft.distill import LossFn, check_distill, prepare_distill
 from nluft.distributed import Strategy, build_strategy, read_dist_env
+from nluft.distributed.base import StepResult
 from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
-from nluft.evaluate import EvaluationStopped, evaluate_split
+from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
 from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
+from nluft.meter import Meter, throughput
 from nluft.models import build_model, build_tokenizer, count_parameters
 from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
@@ -66,6 +69,18 @@ class Run:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id or 0)
+
+    @cached_property
+    def train_features(self) -> Any:
+        """The training features' model inputs and labels (what a micro-batch collates)."""
+        features = self.data.features["train"]
+        names = [c for c in (*MODEL_INPUTS, "labels") if c in features.column_names]
+        return features.select_columns(names)
+
+    @cached_property
+    def terms(self) -> list[int]:
+        """Loss terms per training feature (scored tokens, examples): the weights of the mean."""
+        return [num_terms(labels) for labels in self.data.features["train"]["labels"]]
 
 
 def main(
@@ -110,7 +125,7 @@ def main(
         plan,
         run_dir,
         tracker,
-        Checkpointer(run_dir, cfg.train.save_total_limit, strategy),
+        Checkpointer(run_dir, cfg.train.save_total_limit, strategy, plan),
         StopFlag(),
         loss_fn,
         reporter,
@@ -151,8 +166,7 @@ def stop(run: Run, state: TrainState) -> dict[str, Any]:
 
 def train(run: Run, state: TrainState) -> TrainState:
     """Optimizer steps until `plan.total_steps`, early stopping, or a stop request."""
-    cfg, strategy, plan, tracker = run.cfg, run.strategy, run.plan, run.tracker
-    accum = cfg.train.gradient_accumulation_steps
+    strategy, plan, tracker = run.strategy, run.plan, run.tracker
     strategy.unwrapped().train()  # from_pretrained returns the model in eval mode (no dropout)
     tracker.start(plan.total_steps, state.global_step)
     if state.pending_eval:  # a stop cut this step's evaluation short: finish the step first
@@ -160,38 +174,66 @@ def train(run: Run, state: TrainState) -> TrainState:
         if state.finished or run.stop.agreed:
             return state
     meter = Meter()
+    group_start = (state.batch_in_epoch, rng_state())  # where the current optimizer step began
     while not state.finished:
-        batches = epoch_batches(run, state.epoch)
-        for i in range(state.batch_in_epoch, len(batches)):
-            boundary = (i + 1) % accum == 0
-            indices = batches[i]
-            batch = collate(
-                run.data.features["train"].select_columns(train_columns(run))[indices], run.pad_id
-            )
-            labels = batch.pop("labels").to(strategy.device)
-            inputs = {k: v.to(strategy.device) for k, v in batch.items()}
-            with strategy.no_sync() if not boundary else nullcontext():
-                with strategy.autocast():
-                    outputs = strategy.model(**inputs, **run.loss_fn.forward_kwargs)  # type: ignore[misc]
-                    loss = run.loss_fn(outputs, inputs, labels, indices)
-                strategy.backward(loss / accum)
-            meter.add(float(loss.detach()), inputs["attention_mask"], len(labels))
+        micro_batches = epoch_micro_batches(run, state.epoch)
+        for i in range(state.batch_in_epoch, len(micro_batches)):
+            micro = micro_batches[i]
+            if micro.first_in_group:
+                group_start = (i, rng_state())
+            loss, mask = forward_backward(run, micro)
+            meter.add(loss, mask, micro.examples)
             state.batch_in_epoch = i + 1
-            if not boundary:
+            if not micro.last_in_group:
+                if run.stop.agree(strategy):  # honoured within one micro-batch, on every rank
+                    stop_inside_group(run, state, *group_start)
+                    return state
                 continue
-            grad_norm = strategy.step()
+            result = strategy.step()
             state.global_step += 1
-            state.examples_seen += plan.effective_batch
-            log_train(run, state, meter, grad_norm)
+            state.examples_seen += micro.group_examples
+            meter.end_step()
+            log_train(run, state, meter, result.grad_norm)
             state.finished = state.global_step >= plan.total_steps
             paused = time.perf_counter()
-            if is_healthy(run, state, grad_norm):  # a skipped (NaN/Inf) step is never saved
+            if is_healthy(run, state, result):  # a NaN/Inf step is never saved
                 settle_step(run, state)
             meter.start += time.perf_counter() - paused  # throughput counts training time only
             if state.finished or run.stop.agreed:
                 return state
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     return state
+
+
+def forward_backward(run: Run, micro: MicroBatch) -> tuple[float, Any]:
+    """One micro-batch: forward, its loss weighted by its share of the step, backward.
+
+    Returns the weighted loss (its part of the step's loss, times the world size) and the
+    attention mask, for the meter.
+    """
+    strategy = run.strategy
+    batch = collate(run.train_features[micro.indices], run.pad_id)
+    labels = batch.pop("labels").to(strategy.device)
+    inputs = {k: v.to(strategy.device) for k, v in batch.items()}
+    with nullcontext() if micro.last_in_group else strategy.no_sync():
+        with strategy.autocast():
+            outputs = strategy.model(**inputs, **run.loss_fn.forward_kwargs)  # type: ignore[misc]
+            # A stand-in batch (weight 0) or one without scored tokens adds no gradient.
+            loss = (
+                run.loss_fn(outputs, inputs, labels, micro.indices)
+                if micro.weight
+                else head_output(outputs, inputs["attention_mask"]).sum() * 0.0
+            )
+        strategy.backward(loss * micro.weight)
+    return float(loss.detach()) * micro.weight, inputs["attention_mask"]
+
+
+def stop_inside_group(run: Run, state: TrainState, start: int, rng: dict[str, Any]) -> None:
+    """Checkpoint the last completed step; the resumed run redoes the interrupted group exactly
+    (same micro-batches, same random state); its accumulated gradients are dropped."""
+    state.batch_in_epoch = start
+    run.checkpointer.save(state, rng)
+    run.tracker.log(state.global_step, "event", {"event": "checkpoint"})
 
 
 def settle_step(run: Run, state: TrainState) -> None:
@@ -212,14 +254,16 @@ def is_cut_short(run: Run, state: TrainState) -> bool:
     return run.stop.agreed and (not state.finished or state.pending_eval)
 
 
-def is_healthy(run: Run, state: TrainState, grad_norm: float) -> bool:
+def is_healthy(run: Run, state: TrainState, result: StepResult) -> bool:
     """False for a step whose loss or gradient was NaN/Inf (the strategy skipped the update).
 
-    The gradient norm is global (reduced over ranks), so every rank agrees. After
-    `train.max_bad_steps` such steps in a row the run stops; its checkpoints predate the fault.
+    The gradient norm is global (reduced over ranks), so every rank agrees. An fp16 loss-scaler
+    overflow while the scale calibrates is no fault. After `train.max_bad_steps` faults in a row
+    the run stops; its checkpoints predate the fault.
     """
-    if math.isfinite(grad_norm):
-        state.bad_steps = 0
+    if not result.fault:
+        if not result.skipped:
+            state.bad_steps = 0
         return True
     state.bad_steps += 1
     limit = run.cfg.train.max_bad_steps
@@ -238,24 +282,21 @@ def is_healthy(run: Run, state: TrainState, grad_norm: float) -> bool:
     return False
 
 
-def train_columns(run: Run) -> list[str]:
-    names = run.data.features["train"].column_names
-    return [c for c in (*MODEL_INPUTS, "labels") if c in names]
-
-
-def epoch_batches(run: Run, epoch: int) -> list[list[int]]:
-    """This rank's micro-batches of one epoch, cut to whole optimizer steps."""
-    env, cfg = run.strategy.env, run.cfg
-    global_batch = cfg.train.per_device_train_batch_size * env.world_size
+def epoch_micro_batches(run: Run, epoch: int) -> list[MicroBatch]:
+    """This rank's micro-batches of one epoch, grouped into optimizer steps (the last may be
+    short); every example once per epoch, whatever the world size."""
+    env, train = run.strategy.env, run.cfg.train
     batches = train_batches(
         run.data.features["train"]["length"],
-        global_batch,
-        cfg.train.seed,
+        train.per_device_train_batch_size * env.world_size,
+        train.seed,
         epoch,
-        cfg.data.group_by_length,
+        run.cfg.data.group_by_length,
     )
-    batches = batches[: run.plan.steps_per_epoch * cfg.train.gradient_accumulation_steps]
-    return [rank_slice(b, env.rank, env.world_size) for b in batches]
+    accum = train.gradient_accumulation_steps
+    micro = accumulation_groups(batches, run.terms, accum, env.rank, env.world_size)
+    assert sum(m.last_in_group for m in micro) == run.plan.steps_per_epoch, "plan and loop agree"
+    return micro
 
 
 def eval_due(cfg: Config, state: TrainState, steps_per_epoch: int) -> bool:
@@ -273,38 +314,7 @@ def save_due(cfg: Config, state: TrainState, steps_per_epoch: int) -> bool:
     return eval_due(cfg, state, steps_per_epoch) or state.finished
 
 
-class Meter:
-    """Loss and throughput over the current logging window."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.losses: list[float] = []
-        self.real_tokens = self.slots = self.window_examples = self.micro = 0
-        self.squared_lengths = 0  # sum of length^2 over sequences: the attention work
-        self.start = time.perf_counter()
-
-    def add(self, loss: float, attention_mask: Any, examples: int) -> None:
-        self.losses.append(loss)
-        self.real_tokens += int(attention_mask.sum())
-        self.squared_lengths += int((attention_mask.sum(dim=1) ** 2).sum())
-        self.slots += attention_mask.numel()
-        self.window_examples += examples
-        self.micro += 1
-
-    def summary(self, world_size: int) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        return {
-            "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
-            "examples_per_s": self.window_examples * world_size / elapsed,
-            "tokens_per_s": self.real_tokens * world_size / elapsed,
-            "padding_efficiency": self.real_tokens / max(1, self.slots),
-            "attention_context": self.squared_lengths / max(1, self.real_tokens),
-        }
-
-
-def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float) -> None:
+def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float | None) -> None:
     stats = meter.summary(run.strategy.env.world_size)
     run.tracker.advance(state.global_step, stats["loss"], stats["examples_per_s"])
     if (
@@ -435,25 +445,11 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     return results
 
 
-def throughput(state: TrainState, world_size: int) -> dict[str, float]:
-    """Whole-run training throughput (evaluation and checkpoint time excluded)."""
-    seconds = max(state.train_seconds, 1e-9)
-    return {
-        "steps": state.global_step,
-        "train_seconds": round(state.train_seconds, 2),
-        "examples_per_s": state.examples_seen / seconds,
-        "tokens_per_s": state.real_tokens * world_size / seconds,
-        "padding_efficiency": state.real_tokens / max(1, state.padded_slots),
-    }
-
-
 def save_results(run: Run, split: str, metrics: dict[str, float], predictions: list[Any]) -> None:
     out = run.run_dir / "results"
     out.mkdir(exist_ok=True)
     write_atomic(out / f"{split}.json", json.dumps(metrics, indent=2))
-    if run.task.model_kind == "sequence_classification" and not getattr(
-        run.task, "multi_label", False
-    ):
+    if run.task.has_confusion_matrix:
         from nluft.metrics import confusion_matrix
 
         refs = run.task.references(run.data.examples[split])

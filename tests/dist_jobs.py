@@ -99,8 +99,9 @@ def main(jobs_file: str) -> None:
 
     from nluft.distributed import read_dist_env
 
-    # One process group for all jobs, made here: strategies use it and leave it open on close.
-    if read_dist_env().is_distributed:
+    # One process group for all jobs, made here: strategies use it and leave it open on close
+    # (also for one rank under torchrun: DeepSpeed keeps its groups from one job to the next).
+    if read_dist_env().is_distributed or dist.is_torchelastic_launched():
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     run_jobs(json.loads(Path(jobs_file).read_text()))
     if dist.is_initialized():

@@ -122,8 +122,8 @@ def test_dry_run_prints_every_derived_value(tiny_config: Path) -> None:
         "precision: fp32",
         "world_size: 1",
         "effective_batch: 32",
-        "steps_per_epoch: 7",
-        "total_steps: 21",
+        "steps_per_epoch: 8",
+        "total_steps: 24",
         "warmup_steps: 0",
     ):
         assert key in proc.stdout, key

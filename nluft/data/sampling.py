@@ -7,8 +7,12 @@ Training batches are *global*: every rank takes its slice of the same global bat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from nluft.data.collate import LABEL_PAD
 
 MEGABATCH_MULT = 50  # as in the Hugging Face length-grouped sampler
 
@@ -43,13 +47,69 @@ def train_batches(
 
 
 def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
-    """This rank's contiguous part of a global batch; a short last batch is padded by wrapping.
+    """This rank's contiguous part of a global batch, without duplicates.
 
-    Wrapping keeps every rank's share the same size, so averaged gradients weigh examples equally.
+    A short last batch gives some ranks one example fewer (or none): every example of an epoch
+    is seen exactly once, and `accumulation_groups` weighs each rank's loss by what it really has.
     """
-    per_rank = -(-len(batch) // world_size)
-    padded = (batch * world_size)[: per_rank * world_size]
-    return padded[rank * per_rank : (rank + 1) * per_rank]
+    per_rank, extra = divmod(len(batch), world_size)
+    start = rank * per_rank + min(rank, extra)
+    return batch[start : start + per_rank + (1 if rank < extra else 0)]
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One forward/backward of this rank, and its place in an optimizer step.
+
+    `weight` multiplies the micro-batch's mean loss so that the gradient (averaged over ranks by
+    every backend) is the mean over all scored terms (examples, or NER/QA tokens) of the step's
+    micro-batches on all ranks. A rank with nothing left in a short last batch runs one real
+    feature with weight 0: sharded backends need every rank in every forward.
+    """
+
+    indices: list[int]
+    weight: float
+    examples: int  # real examples of this rank (0 for a weight-0 stand-in)
+    first_in_group: bool
+    last_in_group: bool
+    group_examples: int  # examples of the whole optimizer step on all ranks (on the last one)
+
+
+def accumulation_groups(
+    batches: list[list[int]], terms: Sequence[int], accum: int, rank: int, world_size: int
+) -> list[MicroBatch]:
+    """This rank's micro-batches of one epoch of global `batches`, grouped into optimizer steps.
+
+    Groups of `accum` global batches; an epoch's last group may be shorter and still steps (the
+    Hugging Face Trainer's semantics). `terms[i]` is how many loss terms feature `i` scores.
+    """
+    out = []
+    for start in range(0, len(batches), accum):
+        group = batches[start : start + accum]
+        total = sum(terms[i] for batch in group for i in batch)
+        examples = sum(len(batch) for batch in group)
+        for k, batch in enumerate(group):
+            mine = rank_slice(batch, rank, world_size)
+            local = sum(terms[i] for i in mine)
+            weight = local * world_size / total if total else 0.0
+            out.append(
+                MicroBatch(
+                    indices=mine or batch[:1],
+                    weight=weight,
+                    examples=len(mine),
+                    first_in_group=k == 0,
+                    last_in_group=k == len(group) - 1,
+                    group_examples=examples,
+                )
+            )
+    return out
+
+
+def num_terms(labels: Any) -> int:
+    """Loss terms of one feature: its scored tokens (NER), 2 (QA start/end), label slots, or 1."""
+    if isinstance(labels, list):
+        return sum(1 for v in labels if v != LABEL_PAD)
+    return 1
 
 
 def num_eval_steps(num_examples: int, batch_size: int, world_size: int) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from nluft.config import Config
 from nluft.distributed.base import Strategy
 from nluft.distributed.env import DistEnv, read_dist_env
@@ -29,4 +32,32 @@ def build_strategy(cfg: Config, env: DistEnv) -> Strategy:
     raise AssertionError(f"strategy {name!r} passed config validation but has no backend")
 
 
-__all__ = ["DistEnv", "Strategy", "build_strategy", "read_dist_env"]
+def read_checkpoint_weights(
+    cfg: Config, checkpoint: Path, template: dict[str, Any]
+) -> dict[str, Any]:
+    """Full model weights of a checkpoint any strategy wrote, read by one plain process.
+
+    `template` is the unwrapped model's state dict (or the part a PEFT checkpoint holds): the
+    tensors sharded formats fill.
+    """
+    name = cfg.strategy.name
+    if name in ("single", "ddp"):
+        from nluft.distributed.replicated import read_weights
+
+        return read_weights(checkpoint)
+    if name == "fsdp":
+        from nluft.distributed import fsdp
+
+        return fsdp.read_weights(checkpoint, template)
+    from nluft.distributed import deepspeed
+
+    return deepspeed.read_weights(checkpoint, cfg.train.precision)
+
+
+__all__ = [
+    "DistEnv",
+    "Strategy",
+    "build_strategy",
+    "read_checkpoint_weights",
+    "read_dist_env",
+]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,30 @@ def resolve_device(requested: str, env: DistEnv) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", env.local_rank)
+
+
+# The loss scale at or below which an fp16 overflow is a real fault, not calibration: the scaler
+# has halved from 2**16 sixteen times, and gradients that still overflow are NaN/Inf themselves.
+MIN_LOSS_SCALE = 1.0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did.
+
+    `grad_norm` is None when the backend cannot tell (never read as NaN). `skipped`: the update
+    was not applied. `fault`: the loss or gradient was really NaN/Inf; an fp16 loss-scaler
+    overflow while the scale calibrates is skipped but is no fault.
+    """
+
+    grad_norm: float | None
+    skipped: bool = False
+    fault: bool = False
+
+
+def overflow_is_fault(scale_before: float) -> bool:
+    """An fp16 overflow skip counts as a fault only once the scale cannot usefully drop further."""
+    return scale_before <= MIN_LOSS_SCALE
 
 
 class Strategy(ABC):
@@ -74,8 +99,9 @@ class Strategy(ABC):
         """Backpropagate one micro-batch's loss (already divided for accumulation)."""
 
     @abstractmethod
-    def step(self) -> float:
-        """Clip, apply and zero the gradients, advance the schedule; return the gradient norm."""
+    def step(self) -> StepResult:
+        """Clip, apply and zero the gradients, advance the schedule (also when the update is
+        skipped, so the learning rate always follows the step count)."""
 
     def no_sync(self) -> contextlib.AbstractContextManager[Any]:
         """Skip gradient synchronisation on accumulation micro-batches (no-op by default)."""

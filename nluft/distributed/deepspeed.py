@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import importlib
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from nluft.config import Config, Plan
-from nluft.distributed.base import model_state_bytes
+from nluft.distributed.base import StepResult, model_state_bytes, overflow_is_fault
 from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_stage
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
@@ -112,6 +113,8 @@ class DeepSpeedStrategy(GroupCollectives):
             lr_scheduler=lambda optimizer: build_scheduler(optimizer, train, plan),
         )
         self.model = self.engine
+        if self.stage == 0 and not (self.ds_config["bf16"]["enabled"] or self.precision == "fp16"):
+            record_grad_norm(self.engine)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         # The engine already holds the model in bf16/fp16; no autocast on top.
@@ -121,11 +124,18 @@ class DeepSpeedStrategy(GroupCollectives):
         # The loop already divided the loss by the accumulation steps.
         self.engine.backward(loss, scale_wrt_gas=False)
 
-    def step(self) -> float:
+    def step(self) -> StepResult:
         """Reduce, clip, update and zero in the engine; it also advances the schedule."""
+        scale = float(getattr(self.engine.optimizer, "loss_scale", 0.0) or 0.0)
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        norm = None if norm is None else float(norm)
+        if not getattr(self.engine, "_step_applied", True):  # an fp16 loss-scaler overflow
+            # DeepSpeed does not advance the schedule on a skip; the loop's step count does.
+            self.engine.lr_scheduler.step()
+            return StepResult(norm, skipped=True, fault=overflow_is_fault(scale))
+        fault = norm is not None and not math.isfinite(norm)
+        return StepResult(norm, fault=fault)
 
     @property
     def learning_rate(self) -> float:
@@ -234,3 +244,55 @@ def to_export(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy; 16-bit floating weights are saved as fp32 like the single-process export."""
     tensor = tensor.detach().cpu()
     return tensor.float() if tensor.is_floating_point() else tensor
+
+
+def record_grad_norm(engine: Any) -> None:
+    """Make ZeRO-0 in fp32 report its gradient norm, as every other configuration does.
+
+    There DeepSpeed steps a plain torch optimizer and keeps no norm (`get_global_grad_norm()` is
+    None). The engine copies an optimizer's `_global_grad_norm` after each step: measure it on
+    the reduced gradients, before clipping when the engine clips.
+    """
+    optimizer = engine.optimizer
+    clip = engine.clip_fp32_gradients
+    clipped = [False]
+
+    def total_norm() -> float:
+        grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+    def clip_and_record() -> None:
+        optimizer._global_grad_norm, clipped[0] = total_norm(), True
+        clip()
+
+    def record_unclipped(*_: Any) -> None:
+        if not clipped[0]:
+            optimizer._global_grad_norm = total_norm()
+        clipped[0] = False
+
+    engine.clip_fp32_gradients = clip_and_record
+    optimizer.register_step_pre_hook(record_unclipped)
+
+
+def read_weights(checkpoint: Path, precision: str) -> dict[str, torch.Tensor]:
+    """Full model weights from a DeepSpeed checkpoint, read by one plain process (no group).
+
+    ZeRO 0-2 keep the whole module in rank 0's `mp_rank_00_model_states.pt`, exactly what the
+    end-of-training export gathers; ZeRO-3 shards it, so its fp32 master weights are merged
+    (`get_fp32_state_dict_from_zero_checkpoint`) and rounded to the training precision as the
+    live parameters were. DeepSpeed's files are pickles (weights_only=False): see SECURITY.md.
+    """
+    meta = json.loads((checkpoint / META).read_text())
+    if meta["zero_stage"] < 3:
+        states = torch.load(
+            checkpoint / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
+        )
+        return {k: to_export(v) for k, v in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    skip_shm_comm_build()
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=TAG)
+    if precision == "fp32":
+        return dict(state)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return {k: v.to(dtype).float() if v.is_floating_point() else v for k, v in state.items()}

@@ -7,6 +7,7 @@ reshards on load, so a run resumes on any number of ranks with model and optimiz
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -31,7 +32,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor
 
 from nluft.config import Config, Plan
-from nluft.distributed.base import DTYPES, check_trainable_keys, trainable_names
+from nluft.distributed.base import DTYPES, StepResult, check_trainable_keys, trainable_names
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
 from nluft.errors import NluftError
@@ -120,19 +121,18 @@ class FSDPStrategy(GroupCollectives):
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def step(self) -> float:
+    def step(self) -> StepResult:
         assert self.model is not None
         max_norm = self.cfg.train.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        if not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)  # skip the update: weights stay finite
-            return float(norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = bool(torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()  # else skip the update: weights stay finite
+        self.scheduler.step()  # also on a skipped update: the schedule follows global_step
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return StepResult(float(norm), skipped=not finite, fault=not finite)
 
     @property
     def learning_rate(self) -> float:
@@ -193,3 +193,16 @@ class FSDPStrategy(GroupCollectives):
         if isinstance(param, DTensor):
             return int(param.to_local().numel())
         return param.numel()
+
+
+def read_weights(checkpoint: Path, template: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full model weights from an FSDP checkpoint, read by one plain process (no group).
+
+    DCP fills `template` (the model's own state dict) from every rank's shard file; the
+    optimizer state in the same files is not read.
+    """
+    state = {"model": {k: v.detach().clone() for k, v in template.items()}}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint / DCP_DIR), no_dist=True)
+    return state["model"]

@@ -7,13 +7,14 @@ run resume on a different number of ranks.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from nluft.config import Plan
-from nluft.distributed.base import Strategy, check_trainable_keys
+from nluft.distributed.base import StepResult, Strategy, check_trainable_keys, overflow_is_fault
 from nluft.errors import NluftError
 from nluft.optim import build_optimizer, build_scheduler
 
@@ -44,19 +45,21 @@ class ReplicatedStrategy(Strategy):
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def step(self) -> float:
+    def step(self) -> StepResult:
         assert self.model is not None
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.train.max_grad_norm or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if not self.scaler.is_enabled() and not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)  # skip the update; fp16 lets the scaler skip
-            return float(norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        finite = math.isfinite(norm)
+        if not finite and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)  # skip the update: weights stay finite
+        else:
+            self.scaler.step(self.optimizer)  # fp16: skips the update itself on an overflow
+            self.scaler.update()
+        self.scheduler.step()  # also on a skipped update: the schedule follows global_step
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return step_result(norm, self.scaler.is_enabled(), scale)
 
     @property
     def learning_rate(self) -> float:
@@ -108,3 +111,17 @@ def check_effective_batch(saved: int | None, now: int, world_size: int) -> None:
         f"batch of {saved}, this run has {now} on {world_size} rank(s); set "
         f"per_device_train_batch_size x ranks x gradient_accumulation_steps = {saved} to resume"
     )
+
+
+def step_result(norm: float, loss_scaling: bool, scale_before: float) -> StepResult:
+    """A non-finite norm skips the update; with fp16 loss scaling it is a fault only once the
+    scale has calibrated down to its floor (an overflow at a high scale is the scaler's job)."""
+    if math.isfinite(norm):
+        return StepResult(norm)
+    fault = overflow_is_fault(scale_before) if loss_scaling else True
+    return StepResult(norm, skipped=True, fault=fault)
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The full model weights of a `single`/`ddp` checkpoint (one file)."""
+    return load_file(str(checkpoint / MODEL_FILE))

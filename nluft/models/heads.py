@@ -5,6 +5,7 @@ Relation extraction: any encoder + a classifier on the entity-start marker hidde
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,12 @@ class EntityMarkerModel(transformers.PreTrainedModel):
         self.encoder = (
             encoder if encoder is not None else transformers.AutoModel.from_config(config)
         )
+        if getattr(self.encoder, "pooler", None) is not None and "add_pooling_layer" in (
+            inspect.signature(type(self.encoder).__init__).parameters
+        ):
+            # The head reads marker states, never the pooled output: an unused pooler would fail
+            # DDP's reduction ("parameters that were not used in producing loss").
+            self.encoder.pooler = None
         dropout = getattr(config, "hidden_dropout_prob", None) or 0.1
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(2 * config.hidden_size, config.num_labels)

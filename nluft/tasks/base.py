@@ -46,6 +46,8 @@ class Task(Protocol):
     model_kind: str
     default_metric: str
     label_names: list[str]
+    # Whether one label per example makes a confusion matrix worth saving with the results.
+    has_confusion_matrix: bool
 
     def prepare(self, splits: Mapping[str, Dataset]) -> None:
         """Read the label set (and anything else fixed by the training data)."""

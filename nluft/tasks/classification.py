@@ -27,6 +27,7 @@ class ClassificationTask:
         self.options = cfg.classification
         self.multi_label = cfg.classification.multi_label
         self.default_metric = "micro_f1" if self.multi_label else "accuracy"
+        self.has_confusion_matrix = not self.multi_label  # one label per example
         self.label_names: list[str] = []
         self.id_names: list[str] = []  # ClassLabel names when the label column stores ids
         self.class_weights: torch.Tensor | None = None

@@ -36,6 +36,7 @@ class NerTask:
 
     name = "ner"
     model_kind = "token_classification"
+    has_confusion_matrix = False
     default_metric = "f1"
     split_into_words = True  # models.py sets add_prefix_space for byte-level BPE tokenizers
 

@@ -39,6 +39,7 @@ class QATask:
 
     name = "qa"
     model_kind = "question_answering"
+    has_confusion_matrix = False
     default_metric = "f1"
 
     def __init__(self, cfg: Config) -> None:

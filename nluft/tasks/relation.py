@@ -38,6 +38,7 @@ class RelationTask:
 
     name = "relation"
     model_kind = "entity_marker_classification"
+    has_confusion_matrix = False
     default_metric = "micro_f1"
 
     def __init__(self, cfg: Config) -> None:
@@ -221,13 +222,20 @@ def insert_markers(
 def fit_length(
     text: str, tokenizer: Any, max_length: int, marker_ids: set[int]
 ) -> dict[str, list[int]]:
-    """Tokenize; when too long, cut the text to a window around the markers (not just the head)."""
+    """Tokenize; when too long, cut the text to a window around the markers (not just the head).
+
+    When subject and object lie farther apart than one window holds, two windows are joined: one
+    from the first entity's start marker on, one ending at the second entity's end marker, so both
+    start markers (what the model classifies) are always kept.
+    """
     enc = tokenizer(text, return_offsets_mapping=True)
     if len(enc["input_ids"]) > max_length:
         content = [k for k, seq in enumerate(enc.sequence_ids()) if seq == 0]
         budget = max_length - tokenizer.num_special_tokens_to_add()
         marked = [i for i, k in enumerate(content) if enc["input_ids"][k] in marker_ids]
         first, last = (marked[0], marked[-1]) if marked else (0, 0)
+        if last - first >= budget:
+            return join_windows(enc, content, marked, budget)
         lo = max(0, min(first, (first + last) // 2 - budget // 2, len(content) - budget))
         window = content[lo : lo + budget]
         offsets = enc["offset_mapping"]
@@ -235,3 +243,22 @@ def fit_length(
         enc = tokenizer(text, truncation=True, max_length=max_length, return_offsets_mapping=True)
     enc.pop("offset_mapping")
     return {key: list(value) for key, value in enc.items()}
+
+
+def join_windows(
+    enc: Any, content: list[int], marked: list[int], budget: int
+) -> dict[str, list[int]]:
+    """Special tokens plus two content windows: from the first marker on, and up to the last
+    marker (or from the second entity's start marker when that entity alone is too long)."""
+    half = budget // 2
+    second_start = marked[2] if len(marked) > 2 else marked[-1]
+    head = range(marked[0], marked[0] + half)
+    tail_start = min(second_start, marked[-1] + 1 - (budget - half))
+    tail_start = max(tail_start, marked[0] + half)  # no token twice
+    tail = range(tail_start, tail_start + budget - half)
+    keep = [content[i] for i in (*head, *tail)]
+    specials = [k for k, seq in enumerate(enc.sequence_ids()) if seq is None]
+    positions = [k for k in specials if k < content[0]] + keep
+    positions += [k for k in specials if k > content[-1]]
+    enc.pop("offset_mapping")
+    return {key: [value[k] for k in positions] for key, value in enc.items()}
