@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nluft.checkpoint import MANIFEST, PREFIX, STATE, export_model, verify_manifest
 from nluft.data.loading import load_raw_splits
+from nluft.data.vocab import extend_vocab_from_data
 from nluft.distributed import DistEnv, build_strategy
 from nluft.errors import NluftError
 from nluft.evaluate import load_run_config
@@ -51,9 +52,10 @@ def export_run(path: Path, which: str = "best", out: Path | None = None) -> Path
     # Replicated checkpoints (single, ddp) hold the full model in one file: one process reads it.
     cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
     task = build_task(cfg)
-    examples, _ = load_raw_splits(cfg.data)
+    examples, _ = load_raw_splits(cfg.data, cfg.ner if cfg.task == "ner" else None)
     task.prepare(examples)  # the label set, hence the head's size, comes from the training data
     tokenizer = build_tokenizer(cfg.model)
+    extend_vocab_from_data(cfg, task, examples, tokenizer)  # the run's added tokens, if any
     strategy = build_strategy(cfg, DistEnv())
     strategy.setup_inference(build_model(cfg.model, task, tokenizer))
     strategy.load(checkpoint, weights_only=True)

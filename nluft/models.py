@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from nluft.config import ModelConfig
+from nluft.data.vocab import grow_embeddings
 from nluft.errors import NluftError
 from nluft.tasks import MODEL_KINDS, Task
 
@@ -98,6 +99,7 @@ def build_model(cfg: ModelConfig, task: Task, tokenizer: Any) -> torch.nn.Module
         raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    grow_embeddings(model, tokenizer)  # model.extend_vocab_from_data added tokens
     return model
 
 
