@@ -81,7 +81,8 @@ def test_label_studio_export_and_brat_standoff(tmp_path: Path) -> None:
     brat.mkdir()
     (brat / "a.txt").write_text(f"{TEXT}\n\n李娜去了上海。\n", encoding="utf-8")
     offset = len(TEXT) + 2  # the second sentence starts after TEXT, "\n" and a blank line
-    ann = f"T1\tPER 0 2\t张伟\nT2\tLOC 3 5\t北京\nR1\tWorksIn Arg1:T1 Arg2:T2\nT3\tLOC {offset + 4} {offset + 6}\t上海\n"
+    ann = "T1\tPER 0 2\t张伟\nT2\tLOC 3 5\t北京\nR1\tWorksIn Arg1:T1 Arg2:T2\n"
+    ann += f"T3\tLOC {offset + 4} {offset + 6}\t上海\n"
     (brat / "a.ann").write_text(ann, encoding="utf-8")
     assert file_format(str(brat), "auto", NerConfig()) == "brat"
     rows = read(brat)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset
-
 from zh_data import zh_tokenizer  # noqa: F401 (fixture)
 
 from nluft.config import Config, QAConfig
@@ -165,7 +164,7 @@ def test_qa_metric_auto_picks_cmrc_for_chinese_contexts_and_squad_for_english() 
 # --- QA and relation extraction on Chinese text (character offsets) ---------------------------
 
 
-def test_qa_encodes_and_decodes_chinese_answers_by_character_offsets(zh_tokenizer: Path) -> None:
+def test_qa_encodes_and_decodes_chinese_answers_by_character_offsets(zh_tokenizer: Path) -> None:  # noqa: F811
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(zh_tokenizer))
@@ -200,7 +199,7 @@ def test_qa_encodes_and_decodes_chinese_answers_by_character_offsets(zh_tokenize
     assert found and set(found) == {"人民银行"}  # windowed, and the span is exact in each window
 
 
-def test_relation_markers_wrap_chinese_spans(zh_tokenizer: Path) -> None:
+def test_relation_markers_wrap_chinese_spans(zh_tokenizer: Path) -> None:  # noqa: F811
     text = "张伟是华为公司的员工。"
     subject = {"start": 0, "end": 2, "type": "PER"}
     obj = {"start": 3, "end": 7, "type": "ORG"}
