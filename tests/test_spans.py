@@ -131,7 +131,7 @@ def test_bad_spans_are_reported_by_check_data_and_refused_by_train(
         str(config),
         "data.validation_split_percentage=0",
         "data.test_split_percentage=0",
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error")]
@@ -144,7 +144,7 @@ def test_bad_spans_are_reported_by_check_data_and_refused_by_train(
         str(config),
         "data.validation_split_percentage=0",
         "data.test_split_percentage=0",
-        timeout=120,
+        timeout=300,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
