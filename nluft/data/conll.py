@@ -21,6 +21,27 @@ DOCSTART = "-DOCSTART-"
 BLANKS = " \t\r\f\v"  # ASCII whitespace: the only column separators
 SPACES = re.compile(r"[ \r\f\v]+")
 LINE_COLUMN = "_line"  # 1-based line of an example's first token, so errors name the exact line
+CONLL_SUFFIXES = (".txt", ".bio", ".bmes", ".bioes", ".iob", ".iob2")  # CoNLL only by content
+TAG = re.compile(r"^(O|[BIEMS]-\S+)$")
+SNIFF_LINES = 200
+
+
+def looks_like_conll(path: str, ner: NerConfig) -> bool:
+    """Whether the file's first lines are `TOKEN ... TAG` lines (tags like O, B-PER, M-LOC)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            lines = [line for _, line in zip(range(SNIFF_LINES), handle, strict=False)]
+    except (OSError, UnicodeDecodeError):
+        return False
+    rows = [split_fields(line.rstrip("\n")) for line in lines]
+    rows = [fields for fields in rows if fields and fields[0] != DOCSTART]
+    if not rows:
+        return False
+    for fields in rows:
+        index = ner.tag_column if ner.tag_column >= 0 else len(fields) + ner.tag_column
+        if len(fields) < 2 or not 0 < index < len(fields) or not TAG.match(fields[index]):
+            return False
+    return True
 
 
 def read_conll(path: str, ner: NerConfig) -> Dataset:

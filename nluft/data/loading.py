@@ -14,7 +14,8 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from nluft.config import DataConfig, NerConfig
-from nluft.data.conll import LINE_COLUMN, read_conll
+from nluft.data.conll import CONLL_SUFFIXES, LINE_COLUMN, looks_like_conll, read_conll
+from nluft.data.spans import SPAN_FORMATS, WHERE_COLUMN, detect_span_format, read_spans
 from nluft.data.squad import SquadError, is_squad_file, read_squad
 from nluft.errors import NluftError
 
@@ -37,12 +38,21 @@ SPLIT_ALIASES = {
 }
 
 
-def file_format(path: str, configured: str) -> str:
+def file_format(path: str, configured: str, ner: NerConfig | None = None, text_column: str = "text") -> str:
+    """The configured format, else one told by the extension; for NER (`ner` given) also by the
+    content: span exports (JSONL, Label Studio, brat) and CoNLL in `.txt`/`.bio`/`.bmes`/`.iob`."""
     if configured != "auto":
         return configured
-    if Path(path).suffix.lower() == ".json" and is_squad_file(path):
+    suffix = Path(path).suffix.lower()
+    if ner is not None:
+        spans = detect_span_format(path, text_column)
+        if spans is not None:
+            return spans
+        if suffix in CONLL_SUFFIXES and looks_like_conll(path, ner):
+            return "conll"
+    if suffix == ".json" and is_squad_file(path):
         return "squad"
-    fmt = FORMATS.get(Path(path).suffix.lower())
+    fmt = FORMATS.get(suffix)
     if fmt is None:
         raise NluftError(
             f"{path}: cannot tell the format from the extension; "
@@ -53,12 +63,14 @@ def file_format(path: str, configured: str) -> str:
 
 def read_file(path: str, data: DataConfig, ner: NerConfig | None = None) -> Dataset:
     """One local data file as a Dataset; parse problems name the file."""
-    fmt = file_format(path, data.file_format)
+    fmt = file_format(path, data.file_format, ner, data.text_column)
     kwargs = table_options(fmt)
-    if Path(path).stat().st_size == 0:
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
         raise NluftError(f"{path}: file is empty")
     if fmt == "conll":
         return read_conll(path, ner or NerConfig())
+    if fmt in SPAN_FORMATS:
+        return read_spans(path, fmt, data.text_column, ner or NerConfig())
     if fmt == "squad":
         try:
             return read_squad(path, ROW_COLUMN)
@@ -154,6 +166,8 @@ def location(source: str, example: Mapping[str, Any], token: int | None = None) 
     """`file:line` of an example, or of one of its tokens in a line-per-token file (CoNLL)."""
     if LINE_COLUMN in example:
         return f"{source}:{example[LINE_COLUMN] + (token or 0)}"
+    if WHERE_COLUMN in example:  # span exports: the file and line of the example's text
+        return str(example[WHERE_COLUMN])
     return line_of(source, example[ROW_COLUMN])
 
 

@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from nluft.config import Config, ModelConfig, PeftConfig
+from nluft.data.vocab import grow_embeddings
 from nluft.errors import NluftError
 from nluft.models.heads import EntityMarkerModel
 from nluft.models.peft import (
@@ -97,6 +98,7 @@ def build_model(
         model = load_backbone(auto_class, cfg, head_options(task), meta)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    grow_embeddings(model, tokenizer, mean_resizing=not meta)  # model.extend_vocab_from_data
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if peft_cfg is not None:

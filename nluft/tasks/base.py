@@ -67,5 +67,17 @@ class Task(Protocol):
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """Metrics of the predictions; `default_metric` is one of the keys."""
 
-    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
+    def describe(
+        self, predictions: list[Any], scores_of: list[np.ndarray], examples: Dataset
+    ) -> list[dict[str, Any]]:
         """Human-readable predictions (label names and scores) for `nluft predict`."""
+
+    def prediction_files(
+        self,
+        split: str,
+        examples: Dataset,
+        features: Dataset,
+        predictions: list[Any],
+        logits: list[np.ndarray],
+    ) -> dict[str, str]:
+        """File name -> content of a split's predictions in the task's standard format."""

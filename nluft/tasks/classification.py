@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -183,7 +184,9 @@ class ClassificationTask:
             return multilabel_scores(np.array(predictions), np.array(references), self.label_names)
         return classification_scores(predictions, references, self.label_names)
 
-    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
+    def describe(
+        self, predictions: list[Any], scores_of: list[np.ndarray], examples: Dataset
+    ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for pred, row in zip(predictions, scores_of, strict=True):
             probs = sigmoid(row) if self.multi_label else softmax(row)
@@ -197,6 +200,33 @@ class ClassificationTask:
                 label = self.label_names[pred]
                 out.append({"label": label, "score": scores[label], "scores": scores})
         return out
+
+    def prediction_files(
+        self,
+        split: str,
+        examples: Dataset,
+        features: Dataset,
+        predictions: list[Any],
+        logits: list[np.ndarray],
+    ) -> dict[str, str]:
+        """`<split>_predictions.jsonl`: id (or row), gold, predicted and the scores per example."""
+        golds = [self.names_of(v) for v in examples[self.data.label_column]]
+        gold = golds if self.multi_label else [names[0] for names in golds]
+        described = self.describe(predictions, logits, examples)
+        return {f"{split}_predictions.jsonl": prediction_jsonl(examples, gold, described)}
+
+
+def prediction_jsonl(examples: Dataset, gold: list[Any], described: list[dict[str, Any]]) -> str:
+    """One JSON line per example: `id` (or `row`, its position in the file), gold, predicted,
+    scores; `described` is the task's `describe` output."""
+    key, ids = ("id", examples["id"]) if "id" in examples.column_names else ("row", None)
+    rows = examples["_row"] if "_row" in examples.column_names else list(range(len(examples)))
+    lines = []
+    for i, (g, out) in enumerate(zip(gold, described, strict=True)):
+        predicted = out.get("label", out.get("labels"))
+        record = {key: ids[i] if ids else rows[i], "gold": g, "predicted": predicted}
+        lines.append(json.dumps({**record, "scores": out["scores"]}, ensure_ascii=False))
+    return "".join(line + "\n" for line in lines)
 
 
 def sort_labels(names: set[str]) -> list[str]:

@@ -17,6 +17,7 @@ from datasets import ClassLabel, Dataset, Sequence
 from nluft.config import Config
 from nluft.errors import ExampleError
 from nluft.metrics import entity_scores
+from nluft.segmentation import Word, segment
 from nluft.tasks.base import Finding
 from nluft.tasks.tag_schemes import (
     PREFIXES,
@@ -26,13 +27,16 @@ from nluft.tasks.tag_schemes import (
     invalid_transitions,
     is_scheme_tag,
     split_tag,
+    to_seqeval,
 )
 
 IGNORE = -100  # cross-entropy skips these positions (special tokens, later sub-tokens)
+SPAN_ERRORS = "_span_errors"  # per example: problems of its character spans (nluft.data.spans)
 
 
 class NerTask:
-    """`task: ner`. Words come from `ner.tokens_column` (or `data.text_column`, split on spaces)."""
+    """`task: ner`. Words come from `ner.tokens_column`, or from `data.text_column` segmented by
+    `ner.word_segmentation` (each CJK character a word by default)."""
 
     name = "ner"
     model_kind = "token_classification"
@@ -68,6 +72,10 @@ class NerTask:
             self.tag_names = list(feature.feature.names)
         self.label_names = self.build_labels(train)
         for split, dataset in splits.items():
+            if SPAN_ERRORS in dataset.column_names:
+                for row, errors in enumerate(dataset[SPAN_ERRORS]):
+                    if errors:
+                        raise ExampleError(row, f"{split}: {errors[0]}")
             for row, tags in enumerate(self.tag_lists(dataset)):
                 self.check_example(split, row, dataset[row][self.options.tokens_column], tags)
 
@@ -118,6 +126,9 @@ class NerTask:
         findings: list[Finding] = []
         known = set(self.label_names)
         tokens_of = examples[self.options.tokens_column]
+        if SPAN_ERRORS in examples.column_names:
+            for row, errors in enumerate(examples[SPAN_ERRORS]):
+                findings += [Finding("error", split, error, row=row) for error in errors]
         for row, (tokens, tags) in enumerate(zip(tokens_of, self.tag_lists(examples), strict=True)):
             if len(tokens) != len(tags):
                 message = f"{len(tokens)} tokens but {len(tags)} tags"
@@ -134,17 +145,21 @@ class NerTask:
         """Entities per type (the distribution check-data reports)."""
         counts: dict[str, int] = {}
         for tags in self.tag_lists(examples):
-            for kind, _, _ in entity_spans(tags):
+            for kind, _, _ in entity_spans(tags, self.options.tag_scheme):
                 counts[kind] = counts.get(kind, 0) + 1
         return counts
 
     # --- encoding and loss -------------------------------------------------------------------
 
     def words_of(self, examples: dict[str, list[Any]]) -> list[list[str]]:
-        """Words per example: the tokens column, or the text column split on whitespace."""
+        """Words per example: the tokens column, or the text column segmented into words."""
         if self.options.tokens_column in examples:
             return [[str(w) for w in (ws or [])] for ws in examples[self.options.tokens_column]]
-        return [str(text or "").split() for text in examples[self.data.text_column]]
+        return [[w.text for w in self.segment(text)] for text in examples[self.data.text_column]]
+
+    def segment(self, text: Any) -> list[Word]:
+        """Words of a raw text with their character offsets (`ner.word_segmentation`)."""
+        return segment(str(text or ""), self.options.word_segmentation)
 
     def encode(self, examples: dict[str, list[Any]], tokenizer: Any) -> dict[str, list[Any]]:
         words = self.words_of(examples)
@@ -188,7 +203,9 @@ class NerTask:
                 labels.append(ids[tags[w]])
             else:
                 labels.append(
-                    ids[inside_of(tags[w])] if self.options.label_all_subtokens else IGNORE
+                    ids[inside_of(tags[w], self.options.tag_scheme)]
+                    if self.options.label_all_subtokens
+                    else IGNORE
                 )
             prev = w
         return labels
@@ -227,19 +244,61 @@ class NerTask:
         return self.tag_lists(examples)
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
-        return entity_scores(references, predictions, self.options.tag_scheme, self.options.strict)
+        scheme = self.options.tag_scheme  # seqeval reads BMES as IOBES with M- written I-
+        return entity_scores(
+            [to_seqeval(tags, scheme) for tags in references],
+            [to_seqeval(tags, scheme) for tags in predictions],
+            "BIOES" if scheme == "BMES" else scheme,
+            self.options.strict,
+        )
 
-    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
-        return [
-            {
-                "tags": tags,
-                "entities": [
-                    {"type": kind, "start": start, "end": end}
-                    for kind, start, end in entity_spans(tags)
-                ],
-            }
-            for tags in predictions
-        ]
+    def describe(
+        self, predictions: list[Any], scores_of: list[np.ndarray], examples: Dataset
+    ) -> list[dict[str, Any]]:
+        """Tags and entities. From raw text, an entity's `start`/`end` are character offsets into
+        the text (with its `text` and `words`); from tokens, `start`/`end` are word indices."""
+        raw = self.options.tokens_column not in examples.column_names
+        out = []
+        for row, tags in enumerate(predictions):
+            spans = entity_spans(tags, self.options.tag_scheme)
+            if raw:
+                text = str(examples[row][self.data.text_column] or "")
+                words = self.segment(text)
+                entities = [
+                    {
+                        "type": kind,
+                        "text": text[words[first].start : words[last - 1].end],
+                        "start": words[first].start,
+                        "end": words[last - 1].end,
+                        "words": [first, last],
+                    }
+                    for kind, first, last in spans
+                ]
+            else:
+                entities = [
+                    {"type": kind, "start": start, "end": end} for kind, start, end in spans
+                ]
+            out.append({"tags": tags, "entities": entities})
+        return out
+
+    def prediction_files(
+        self,
+        split: str,
+        examples: Dataset,
+        features: Dataset,
+        predictions: list[Any],
+        logits: list[np.ndarray],
+    ) -> dict[str, str]:
+        """`<split>_predictions.conll`: token, gold tag, predicted tag per line (tab-separated),
+        a blank line between sentences (the layout conlleval reads)."""
+        lines = []
+        words = self.words_of(examples.to_dict())
+        for tokens, gold, predicted in zip(
+            words, self.tag_lists(examples), predictions, strict=True
+        ):
+            lines += [f"{t}\t{g}\t{p}" for t, g, p in zip(tokens, gold, predicted, strict=True)]
+            lines.append("")
+        return {f"{split}_predictions.conll": "\n".join(lines)}
 
 
 def subtoken_counts(words: list[list[str]], tokenizer: Any) -> list[list[int]]:

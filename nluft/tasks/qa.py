@@ -8,6 +8,7 @@ unanswerable v2.0 questions). Decoding takes the best valid span over all window
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +20,11 @@ from datasets import Dataset
 
 from nluft.config import Config, QAConfig
 from nluft.errors import ExampleError, NluftError
-from nluft.metrics import squad_scores
+from nluft.metrics import cmrc_scores, squad_scores
+from nluft.segmentation import cjk_ratio
 from nluft.tasks.base import Finding
+
+CJK_MAJORITY = 0.5  # qa.metric auto: CMRC 2018 scoring when more of the contexts is CJK
 
 NOT_CONTEXT = (-1, -1)  # offset of question and special tokens: never part of an answer
 
@@ -46,6 +50,7 @@ class QATask:
         self.data = cfg.data
         self.options = cfg.qa
         self.label_names: list[str] = []
+        self.metric = cfg.qa.metric
         if cfg.qa.doc_stride >= cfg.data.max_length // 2:
             raise NluftError(
                 f"qa.doc_stride ({cfg.qa.doc_stride}) must be less than half of data.max_length "
@@ -62,6 +67,9 @@ class QATask:
         for split, dataset in splits.items():
             for row, problem in answer_problems(dataset, self.options):
                 raise ExampleError(row, f"{split}: {problem}")
+        if self.options.metric == "auto":
+            contexts = splits["train"]["context"][:1000]
+            self.metric = "cmrc2018" if cjk_ratio(contexts) > CJK_MAJORITY else "squad"
 
     def check(self, split: str, examples: Dataset, tokenizer: Any) -> list[Finding]:
         """Answers that do not match the context at their offsets, empty texts."""
@@ -128,12 +136,17 @@ class QATask:
 
     # --- decoding and scoring ----------------------------------------------------------------
 
-    def predict(self, logits: list[np.ndarray], features: Dataset, examples: Dataset) -> list[Any]:
+    def windows_of(self, logits: list[np.ndarray], features: Dataset) -> dict[int, list[Window]]:
+        """Each example's windows (features) with their logits."""
         windows: dict[int, list[Window]] = defaultdict(list)
         columns = features.select_columns(["example_id", "offset_mapping", "cls_index"])
         for row, feature in zip(logits, columns, strict=True):
             offsets = [(int(a), int(b)) for a, b in feature["offset_mapping"]]
             windows[feature["example_id"]].append(Window(row, offsets, feature["cls_index"]))
+        return windows
+
+    def predict(self, logits: list[np.ndarray], features: Dataset, examples: Dataset) -> list[Any]:
+        windows = self.windows_of(logits, features)
         contexts = examples["context"]
         return [decode_answer(contexts[i], windows[i], self.options) for i in range(len(examples))]
 
@@ -141,9 +154,36 @@ class QATask:
         return [list(answers["text"]) for answers in examples["answers"]]
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        if self.metric == "cmrc2018":
+            return cmrc_scores(predictions, references)
         return squad_scores(predictions, references)
 
-    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
+    def prediction_files(
+        self,
+        split: str,
+        examples: Dataset,
+        features: Dataset,
+        predictions: list[Any],
+        logits: list[np.ndarray],
+    ) -> dict[str, str]:
+        """`<split>_predictions.json` (question id -> answer text, what the official SQuAD and
+        CMRC scripts read) and, for SQuAD v2.0, `<split>_null_odds.json` (id -> null score minus
+        best span score, the official script's --na-prob-file)."""
+        ids = [str(i) for i in examples["id"]]
+        files = {f"{split}_predictions.json": json.dumps(dict(zip(ids, predictions, strict=True)))}
+        if self.options.version_2_with_negative:
+            windows = self.windows_of(logits, features)
+            contexts = examples["context"]
+            odds = {
+                ids[i]: best_answer(contexts[i], windows[i], self.options)[1]
+                for i in range(len(examples))
+            }
+            files[f"{split}_null_odds.json"] = json.dumps(odds)
+        return files
+
+    def describe(
+        self, predictions: list[Any], scores_of: list[np.ndarray], examples: Dataset
+    ) -> list[dict[str, Any]]:
         return [{"answer": answer} for answer in predictions]
 
 
@@ -172,6 +212,12 @@ def answer_tokens(
 
 def decode_answer(context: str, windows: list[Window], options: QAConfig) -> str:
     """Best span over all windows (n-best starts x ends, max_answer_length); "" for no answer."""
+    return best_answer(context, windows, options)[0]
+
+
+def best_answer(context: str, windows: list[Window], options: QAConfig) -> tuple[str, float]:
+    """Best span over all windows (n-best starts x ends, max_answer_length), "" for no answer,
+    and the null odds (null score minus the best span's score; v2.0 only, else 0)."""
     best_text, best_score = "", -np.inf
     for window in windows:
         start_logits, end_logits = window.logits[:, 0], window.logits[:, 1]
@@ -189,9 +235,11 @@ def decode_answer(context: str, windows: list[Window], options: QAConfig) -> str
                     best_text = context[window.offsets[s][0] : window.offsets[e][1]]
     if options.version_2_with_negative and windows:
         null_score = min(float(w.logits[w.cls_index].sum()) for w in windows)
-        if null_score - best_score > options.null_score_diff_threshold:
-            return ""
-    return best_text
+        odds = null_score - best_score if np.isfinite(best_score) else float("inf")
+        if odds > options.null_score_diff_threshold:
+            return "", odds if np.isfinite(odds) else 1e9
+        return best_text, odds
+    return best_text, 0.0
 
 
 def answer_problems(examples: Dataset, options: QAConfig) -> list[tuple[int, str]]:

@@ -20,7 +20,7 @@ from nluft.config import Config
 from nluft.errors import ExampleError
 from nluft.metrics import relation_scores
 from nluft.tasks.base import Finding
-from nluft.tasks.classification import softmax, sort_labels
+from nluft.tasks.classification import prediction_jsonl, softmax, sort_labels
 
 ROLES = {"subject": "E1", "object": "E2"}
 
@@ -170,7 +170,9 @@ class RelationTask:
             predictions, references, self.label_names, self.options.negative_label
         )
 
-    def describe(self, predictions: list[Any], scores_of: list[np.ndarray]) -> list[dict[str, Any]]:
+    def describe(
+        self, predictions: list[Any], scores_of: list[np.ndarray], examples: Dataset
+    ) -> list[dict[str, Any]]:
         out = []
         for pred, row in zip(predictions, scores_of, strict=True):
             probs = softmax(row)
@@ -180,6 +182,19 @@ class RelationTask:
             label = self.label_names[pred]
             out.append({"label": label, "score": scores[label], "scores": scores})
         return out
+
+    def prediction_files(
+        self,
+        split: str,
+        examples: Dataset,
+        features: Dataset,
+        predictions: list[Any],
+        logits: list[np.ndarray],
+    ) -> dict[str, str]:
+        """`<split>_predictions.jsonl`: id (or row), gold, predicted and the scores per example."""
+        gold = [str(v) for v in examples[self.data.label_column]]
+        described = self.describe(predictions, logits, examples)
+        return {f"{split}_predictions.jsonl": prediction_jsonl(examples, gold, described)}
 
 
 def span_problem(text: Any, subject: Any, obj: Any) -> str | None:

@@ -1,10 +1,23 @@
-"""Tag schemes for NER (BIO, IOB1, BIOES): the label set, well-formed sequences, entity spans."""
+"""Tag schemes for NER: the label set, well-formed sequences, entity spans, seqeval's view.
+
+- BIO (IOB2): B- begins every entity, I- continues it.
+- IOB1 (CoNLL-2003's original files): I- everywhere; B- only where an entity directly follows
+  another of the same type.
+- BIOES: B- begins, I- continues, E- ends a multi-word entity; S- is a one-word entity.
+- BMES (BIOES with M, the usual scheme of Chinese corpora such as MSRA): M- instead of I-.
+seqeval knows IOB1, IOB2 and IOBES; BMES is read as IOBES with M- written I- (`to_seqeval`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-PREFIXES = {"BIO": ("B", "I"), "IOB1": ("B", "I"), "BIOES": ("B", "I", "E", "S")}
+PREFIXES = {
+    "BIO": ("B", "I"),
+    "IOB1": ("B", "I"),
+    "BIOES": ("B", "I", "E", "S"),
+    "BMES": ("B", "M", "E", "S"),
+}
 OUTSIDE = "O"
 
 
@@ -27,10 +40,38 @@ def build_label_names(types: Iterable[str], scheme: str) -> list[str]:
     return [OUTSIDE] + [f"{p}-{t}" for t in sorted(set(types)) for p in PREFIXES[scheme]]
 
 
-def inside_of(tag: str) -> str:
-    """The tag of a word's later sub-tokens when every sub-token is labelled: B-X -> I-X."""
+def inside_of(tag: str, scheme: str = "BIO") -> str:
+    """The tag of a word's later sub-tokens when every sub-token is labelled: B-X -> I-X (M-X)."""
     prefix, kind = split_tag(tag)
-    return f"I-{kind}" if prefix == "B" else tag
+    inside = "M" if scheme == "BMES" else "I"
+    return f"{inside}-{kind}" if prefix == "B" else tag
+
+
+def to_seqeval(tags: Sequence[str], scheme: str) -> list[str]:
+    """The tags as seqeval reads them (BMES's M- becomes I-; the others are unchanged)."""
+    if scheme != "BMES":
+        return list(tags)
+    return [f"I-{tag[2:]}" if tag.startswith("M-") else tag for tag in tags]
+
+
+def from_bio(tags: Sequence[str], scheme: str) -> list[str]:
+    """BIO tags rewritten in `scheme` (for spans read from annotation tools)."""
+    if scheme == "BIO":
+        return list(tags)
+    out = list(tags)
+    for kind, start, end in entity_spans(tags, "BIO"):
+        if scheme == "IOB1":
+            follows = start > 0 and split_tag(tags[start - 1])[1] == kind
+            out[start:end] = [f"{'B' if follows else 'I'}-{kind}"] + [f"I-{kind}"] * (
+                end - start - 1
+            )
+        elif end - start == 1:
+            out[start] = f"S-{kind}"
+        else:
+            inside = "M" if scheme == "BMES" else "I"
+            middle = [f"{inside}-{kind}"] * (end - start - 2)
+            out[start:end] = [f"B-{kind}", *middle, f"E-{kind}"]
+    return out
 
 
 def invalid_transitions(tags: Sequence[str], scheme: str) -> list[tuple[int, str]]:
@@ -53,17 +94,20 @@ def transition_problem(prev: str, tag: str, scheme: str) -> str:
         return f"{tag} after {prev} (in BIO an entity starts with B-{kind})"
     if scheme == "IOB1" and prefix == "B" and not (p_prefix in "BI" and p_kind == kind):
         return f"{tag} after {prev} (in IOB1, B- only separates two adjacent {kind} entities)"
-    if scheme == "BIOES":
-        is_open = p_prefix in ("B", "I") and p_kind != ""
-        if is_open and not (prefix in ("I", "E") and kind == p_kind):
-            return f"{tag} after {prev} (in BIOES an entity opened by {prev} ends with E-{p_kind})"
-        if not is_open and prefix in ("I", "E"):
-            return f"{tag} after {prev} (in BIOES an entity starts with B-{kind} or is S-{kind})"
+    if scheme in ("BIOES", "BMES"):
+        inside = "M" if scheme == "BMES" else "I"
+        is_open = p_prefix in ("B", inside) and p_kind != ""
+        if is_open and not (prefix in (inside, "E") and kind == p_kind):
+            return (
+                f"{tag} after {prev} (in {scheme} an entity opened by {prev} ends with E-{p_kind})"
+            )
+        if not is_open and prefix in (inside, "E"):
+            return f"{tag} after {prev} (in {scheme} an entity starts with B-{kind} or is S-{kind})"
     return ""
 
 
-def entity_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
+def entity_spans(tags: Sequence[str], scheme: str = "BIO") -> list[tuple[str, int, int]]:
     """(type, first word, last word + 1) of each entity, read leniently like conlleval."""
     from seqeval.metrics.sequence_labeling import get_entities
 
-    return [(kind, start, end + 1) for kind, start, end in get_entities(list(tags))]
+    return [(kind, start, end + 1) for kind, start, end in get_entities(to_seqeval(tags, scheme))]
