@@ -7,7 +7,6 @@ It never asks which distributed backend runs; the `Strategy` hides that.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,8 +27,8 @@ from nluft.checkpoint import (
     write_atomic,
     write_plan,
 )
-from nluft.config import Config, Plan, build_plan, to_yaml
-from nluft.data import TaskData, build_data, num_windowed
+from nluft.config import Config, Plan, build_plan
+from nluft.data import TaskData, build_data
 from nluft.data.collate import MODEL_INPUTS, collate
 from nluft.data.sampling import MicroBatch, accumulation_groups, num_terms, train_batches
 from nluft.distill import LossFn, check_distill, prepare_distill
@@ -44,6 +43,7 @@ from nluft.meter import Meter, throughput
 from nluft.models import build_model, build_tokenizer, count_parameters
 from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
+from nluft.run_facts import derived, describe_plan, report_memory, report_windowed, run_facts
 from nluft.tasks import Task, build_task
 from nluft.tracking import Tracker, format_table
 
@@ -469,60 +469,3 @@ def save_results(
         }
         write_atomic(out / f"{split}_confusion_matrix.json", json.dumps(payload))
         run.tracker.log_confusion_matrix(split, run.task.label_names, matrix.tolist())
-
-
-def derived(strategy: Strategy, data: TaskData) -> dict[str, Any]:
-    return {
-        "device": str(strategy.device),
-        "precision": strategy.precision,
-        "strategy": strategy.name,
-        "num_examples": {split: len(ds) for split, ds in data.examples.items()},
-        "num_features": {split: len(ds) for split, ds in data.features.items()},
-        "tokenized_cache": str(data.cache_path),
-        **strategy.describe(),
-        "num_windowed": {split: num_windowed(ds) for split, ds in data.features.items()},
-    }
-
-
-def report_memory(strategy: Strategy, tracker: Tracker) -> list[dict[str, int]]:
-    """Every rank's bytes of parameters, gradients and optimizer state; rank 0 prints and logs."""
-    reports = strategy.all_gather_objects(strategy.memory_report())
-    for rank, report in enumerate(reports):
-        sizes = ", ".join(
-            f"{k.removesuffix('_bytes')} {v / 2**20:.2f} MiB" for k, v in report.items()
-        )
-        tracker.info(f"rank {rank} model states: {sizes}")
-    return reports
-
-
-def report_windowed(tracker: Tracker, data: TaskData) -> None:
-    """Say how many examples were longer than data.max_length and split into windows."""
-    for split, features in data.features.items():
-        count = num_windowed(features)
-        if count:
-            tracker.info(
-                f"{split}: {count} of {len(data.examples[split])} examples are longer than "
-                "data.max_length and were split into overlapping windows"
-            )
-
-
-def run_facts(strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
-    """What the tracker records about a run besides its config: plan, backend, Slurm job."""
-    env = strategy.env
-    slurm = {k: v for k, v in env.__dict__.items() if k.startswith("slurm_")}
-    return {**plan.__dict__, **derived(strategy, data), **slurm}
-
-
-def describe_plan(cfg: Config, strategy: Strategy, plan: Plan, data: TaskData) -> dict[str, Any]:
-    """What --dry-run prints: the resolved config and every derived value."""
-    info = {**plan.__dict__, **derived(strategy, data)}
-    if strategy.env.is_main:
-        print("# resolved config")
-        print(to_yaml(cfg))
-        print("# derived")
-        for key, value in info.items():
-            shown = json.dumps(value, indent=2) if isinstance(value, dict) else value
-            print(f"{key}: {shown}")
-        print(f"warmup_ratio_effective: {plan.warmup_steps / max(1, plan.total_steps):.4f}")
-        print(f"epochs_ceil: {math.ceil(plan.num_epochs)}")
-    return info
