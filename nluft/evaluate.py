@@ -179,7 +179,7 @@ def load_for_inference(
     cfg = load_run_config(run_dir, overrides)
     export_dir = export_dir or run_dir / "export"
     if not (export_dir / "config.json").is_file():
-        raise NluftError(f"{export_dir}: no export there (train to the end, or run nluft export)")
+        raise NluftError(f"{export_dir}: no export yet (train to the end, or run nluft export)")
     cfg = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": "single"})})
     task = build_task(cfg)
     if is_quantized(export_dir):  # int8 kernels run on the CPU, in fp32 activations
