@@ -162,6 +162,7 @@ class DeepSpeedStrategy(GroupCollectives):
         # The engine reads this flag from its config when loading; set only for this load.
         config = self.engine._config
         config.load_universal_checkpoint = universal
+        decay = [group["weight_decay"] for group in self.torch_param_groups()]
         try:
             self.engine.load_checkpoint(
                 str(load_dir),
@@ -173,10 +174,20 @@ class DeepSpeedStrategy(GroupCollectives):
             )
         finally:
             config.load_universal_checkpoint = False
+        # ZeRO-3's universal loader copies the first param group's hyperparameters onto every
+        # group (DeepSpeed 0.19.8), so biases and norms would get weight decay after a resume on
+        # another world size: each group gets its own back.
+        for group, weight_decay in zip(self.torch_param_groups(), decay, strict=True):
+            group["weight_decay"] = weight_decay
         if universal:
             self.barrier()
             if self.env.is_main:
                 shutil.rmtree(load_dir, ignore_errors=True)
+
+    def torch_param_groups(self) -> list[dict[str, Any]]:
+        """The param groups of the torch optimizer inside DeepSpeed's ZeRO wrapper."""
+        optimizer = self.engine.optimizer
+        return list(getattr(optimizer, "optimizer", optimizer).param_groups)
 
     def universal_checkpoint(self, path: Path) -> Path:
         """Convert a checkpoint from another world size to DeepSpeed's universal format."""
