@@ -130,13 +130,7 @@ def main(
         loss_fn,
         reporter,
     )
-    if env.is_main:
-        trainable, total = num_parameters(strategy.unwrapped())
-        params = {"trainable_parameters": trainable, "total_parameters": total}
-        write_plan(run_dir, plan, {**derived(strategy, data), **params, "memory_per_rank": memory})
-        report_windowed(tracker, data)
-    hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
-    tracker.open(cfg, run_facts(strategy, plan, data), hardware)
+    record_start(run, memory)
     state = resume_state(run) if resume else TrainState()
     heartbeat = Heartbeat(run_dir, env, lambda: state.global_step)
     heartbeat.start()
@@ -153,6 +147,20 @@ def main(
     if "stopped_at_step" in results:
         requeue_after_stop(env)  # last: slurmctld ends every process of a requeued job
     return results
+
+
+def record_start(run: Run, memory: list[dict[str, int]]) -> None:
+    """plan.json (rank 0) and the tracker's record of the run: derived values, parameters,
+    model-state memory per rank, hardware."""
+    strategy, data, plan = run.strategy, run.data, run.plan
+    if strategy.env.is_main:
+        trainable, total = num_parameters(strategy.unwrapped())
+        params = {"trainable_parameters": trainable, "total_parameters": total}
+        facts = {**derived(strategy, data), **params, "memory_per_rank": memory}
+        write_plan(run.run_dir, plan, facts)
+        report_windowed(run.tracker, data)
+    hardware = describe_hardware(strategy.device, strategy.precision, strategy.unwrapped())
+    run.tracker.open(run.cfg, run_facts(strategy, plan, data), hardware)
 
 
 def stop(run: Run, state: TrainState) -> dict[str, Any]:
