@@ -41,6 +41,7 @@ from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
 from nluft.meter import Meter, throughput
 from nluft.models import build_model, build_tokenizer, count_parameters
+from nluft.models.packing import check_packing, enable_packing
 from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
 from nluft.run_facts import derived, describe_plan, report_memory, report_windowed, run_facts
@@ -92,6 +93,7 @@ def main(
 ) -> dict[str, Any]:
     """Train, evaluate on validation and test, export. Returns the final metrics per split."""
     env = read_dist_env()
+    check_packing(cfg)  # refused up front, also on --dry-run
     strategy = build_strategy(cfg, env)
     task = build_task(cfg)
     cfg = check_distill(cfg, task)
@@ -111,6 +113,8 @@ def main(
     cfg, loss_fn = prepare_distill(cfg, task, tokenizer, data, strategy)
     with strategy.model_init_context():
         model = build_model(cfg.model, task, tokenizer, cfg.peft)
+    if cfg.data.packing:
+        enable_packing(model)
     strategy.setup(model, plan)
     create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)

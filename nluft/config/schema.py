@@ -83,6 +83,9 @@ class DataConfig(Section):
     test_split_percentage: float = Field(10.0, ge=0, lt=50)
     split_seed: int = 42
     group_by_length: bool = True
+    # Padding-free batches: each micro-batch's sequences run as one packed row with attention
+    # kept inside each sequence (nluft/models/packing.py); same loss and metrics as padded.
+    packing: bool = False
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     cache_dir: str = ".cache/nluft"

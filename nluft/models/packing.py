@@ -1,0 +1,241 @@
+"""Padding-free packed batches (`data.packing: true`): the backbone runs on one row of real tokens.
+
+The loop, the heads and the losses still see the padded micro-batch (batch, length): hooks on the
+backbone (the transformer under the task head) pack its inputs on the way in and unpack its
+hidden states on the way out. Inside, the real tokens of every sequence are concatenated into one
+row, position ids restart at 0 for each sequence, and attention stays inside each sequence:
+
+- encoders (BERT): a block-diagonal mask from transformers' own `create_bidirectional_mask`
+  (boolean for sdpa, additive for eager, a BlockMask for flex), or, for flash attention, the
+  varlen kwargs `cu_seq_lens_q/k` and `max_length_q/k` (as `DataCollatorWithFlattening` gives);
+- decoders (Llama, Qwen2): no mask, only the packed position ids, from which transformers builds
+  the block-diagonal causal mask itself (`find_packed_sequence_indices`) or flash's varlen call.
+
+The task heads then read padded hidden states as in a padded run: token and span heads per
+position, Llama/Qwen2's score on each sequence's last real token (found from the padded input
+ids), relation extraction's entity markers, and BERT's pooler on each sequence's first token (a
+pre-hook hands the pooler the first token of every sequence). Because all of it runs inside the
+model's forward, DDP sees an ordinary forward. Padding rows cost nothing in the transformer
+layers; the head's linear layer still runs over the padded slots (cheap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nluft.config import Config
+from nluft.errors import NluftError
+from nluft.models.build import resolve_model_path
+
+# Backbones whose packed forward was checked against the padded one (tests/test_packing.py):
+# absolute position ids from 0 (BERT) or rotary ones (Llama, Qwen2), all taking `position_ids`.
+ENCODERS = ("bert",)
+DECODERS = ("llama", "qwen2")
+STRATEGIES = ("single", "ddp")
+FLASH = ("flash_attention_2", "flash_attention_3")
+
+
+def check_packing(cfg: Config) -> None:
+    """Refuse up front (also on --dry-run) what a packed run cannot do exactly."""
+    if not cfg.data.packing:
+        return
+    if cfg.strategy.name not in STRATEGIES:
+        raise NluftError(
+            f"data.packing: not supported with strategy.name={cfg.strategy.name} (packed batches "
+            f"run on {' and '.join(STRATEGIES)}); set data.packing=false or strategy.name=ddp"
+        )
+    if cfg.distill.teacher is not None:
+        raise NluftError(
+            "data.packing: not supported with distillation (distill.teacher); "
+            "set data.packing=false"
+        )
+    model_type = checkpoint_model_type(cfg)
+    if model_type is not None and model_type not in (*ENCODERS, *DECODERS):
+        raise NluftError(
+            f"data.packing: model type {model_type!r} is not supported (packed batches run on "
+            f"{', '.join((*ENCODERS, *DECODERS))} backbones); set data.packing=false"
+        )
+
+
+def checkpoint_model_type(cfg: Config) -> str | None:
+    """The checkpoint's config.json `model_type`; None when it cannot be read (the model loader
+    then names the path)."""
+    import transformers
+
+    name = resolve_model_path(cfg.model.name_or_path)
+    options = {"revision": cfg.model.revision, "trust_remote_code": cfg.model.trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, **options)
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "model_type", None)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Where the real tokens of a right-padded (batch, length) micro-batch go in the packed row."""
+
+    shape: tuple[int, int]
+    index: torch.Tensor  # flat (batch * length) positions of the real tokens, in order
+    positions: torch.Tensor  # each real token's position in its own sequence
+    starts: torch.Tensor  # packed position of each sequence's first token
+    cu_seqlens: torch.Tensor  # int32 (batch + 1,): sequence boundaries in the packed row
+    max_length: int
+
+    @property
+    def sequence_ids(self) -> torch.Tensor:
+        """(total,) which sequence each packed token belongs to."""
+        lengths = self.cu_seqlens.diff().long()
+        return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+def plan_pack(attention_mask: torch.Tensor) -> Pack:
+    """The packing of a right-padded batch (every row: its real tokens, then padding)."""
+    batch, length = attention_mask.shape
+    lengths = attention_mask.sum(dim=1)
+    columns = torch.arange(length, device=attention_mask.device)
+    real = columns[None, :] < lengths[:, None]
+    if not torch.equal(real, attention_mask.bool()):
+        raise NluftError("data.packing: needs right-padded batches (real tokens first in each row)")
+    if int(lengths.min()) == 0:
+        raise NluftError("data.packing: a sequence without tokens cannot be packed")
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int32, device=attention_mask.device)
+    cu_seqlens[1:] = lengths.cumsum(0)
+    return Pack(
+        shape=(batch, length),
+        index=real.flatten().nonzero().squeeze(1),
+        positions=columns.expand(batch, length)[real],
+        starts=cu_seqlens[:-1].long(),
+        cu_seqlens=cu_seqlens,
+        max_length=int(lengths.max()),
+    )
+
+
+def pack_rows(values: torch.Tensor, pack: Pack) -> torch.Tensor:
+    """(batch, length, ...) -> (1, total, ...): the real tokens of every row, one after another."""
+    return values.reshape(-1, *values.shape[2:])[pack.index][None]
+
+
+def unpack_rows(packed: torch.Tensor, pack: Pack) -> torch.Tensor:
+    """(1, total, ...) -> (batch, length, ...), zeros at padding (heads ignore those slots)."""
+    batch, length = pack.shape
+    out = packed.new_zeros((batch * length, *packed.shape[2:]))
+    out = out.index_copy(0, pack.index, packed[0])
+    return out.view(batch, length, *packed.shape[2:])
+
+
+class PackedBackbone:
+    """The hooks that make one backbone module run packed (see the module docstring)."""
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        self.backbone = backbone
+        config: Any = backbone.config
+        self.config = config
+        self.causal = config.model_type in DECODERS
+        self.pack: Pack | None = None
+
+    def install(self) -> None:
+        self.backbone.register_forward_pre_hook(self.before, with_kwargs=True)
+        self.backbone.register_forward_hook(self.after, with_kwargs=True)
+        pooler = getattr(self.backbone, "pooler", None)
+        if pooler is not None:
+            pooler.register_forward_pre_hook(self.first_tokens)
+
+    def before(
+        self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """Pack the inputs of a padded call: input ids, token types, positions, attention."""
+        kwargs = dict(kwargs)
+        if args:  # heads pass input_ids positionally
+            kwargs["input_ids"], args = args[0], args[1:]
+        input_ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if args or input_ids is None or mask is None or mask.dim() != 2:
+            self.pack = None  # not a padded batch of ids: run as the model would
+            return None
+        pack = plan_pack(mask)
+        kwargs["input_ids"] = pack_rows(input_ids, pack)
+        if kwargs.get("token_type_ids") is not None:
+            kwargs["token_type_ids"] = pack_rows(kwargs["token_type_ids"], pack)
+        positions = kwargs.get("position_ids")
+        kwargs["position_ids"] = (
+            pack.positions[None]
+            if positions is None
+            else pack_rows(positions.expand(*pack.shape), pack)
+        )
+        kwargs["attention_mask"] = None if self.causal else self.packed_mask(pack)
+        if self.causal:
+            kwargs["use_cache"] = False  # packed sequences are found only without a cache
+        if self.config._attn_implementation in FLASH:
+            kwargs.update(
+                cu_seq_lens_q=pack.cu_seqlens,
+                cu_seq_lens_k=pack.cu_seqlens,
+                max_length_q=pack.max_length,
+                max_length_k=pack.max_length,
+            )
+        self.pack = pack
+        return args, kwargs
+
+    def packed_mask(self, pack: Pack) -> Any:
+        """Attention within each sequence, in the form the attention implementation takes."""
+        from transformers.masking_utils import (
+            create_bidirectional_mask,
+            packed_sequence_mask_function,
+        )
+
+        embeds_like = torch.empty(
+            (1, int(pack.cu_seqlens[-1]), 1), dtype=self.backbone.dtype, device=pack.index.device
+        )
+        return create_bidirectional_mask(
+            config=self.config,
+            inputs_embeds=embeds_like,
+            attention_mask=None,
+            and_mask_function=packed_sequence_mask_function(pack.sequence_ids[None]),
+        )
+
+    def first_tokens(self, module: torch.nn.Module, args: tuple[Any, ...]) -> Any:
+        """BERT's pooler reads position 0 of each row: give it each sequence's first token."""
+        if self.pack is None:
+            return None
+        hidden = args[0]
+        return (hidden[0, self.pack.starts][:, None, :], *args[1:])
+
+    def after(
+        self,
+        module: torch.nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> Any:
+        """Hidden states back in the padded (batch, length, hidden) layout the heads expect."""
+        pack, self.pack = self.pack, None
+        if pack is None:
+            return output
+        if isinstance(output, tuple):
+            return (unpack_rows(output[0], pack), *output[1:])
+        output.last_hidden_state = unpack_rows(output.last_hidden_state, pack)
+        if getattr(output, "hidden_states", None) is not None:
+            output.hidden_states = tuple(unpack_rows(h, pack) for h in output.hidden_states)
+        return output
+
+
+def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer under the task head (through a PEFT wrapper, if any)."""
+    inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = inner.base_model
+    if backbone is inner:
+        raise NluftError(f"data.packing: {type(inner).__name__} has no backbone under a head")
+    return backbone
+
+
+def enable_packing(model: torch.nn.Module) -> PackedBackbone:
+    """Make `model`'s backbone run packed, in training and evaluation; returns the hooks' owner."""
+    backbone = backbone_of(model)
+    model_type = getattr(backbone.config, "model_type", None)
+    if model_type not in (*ENCODERS, *DECODERS):
+        raise NluftError(f"data.packing: model type {model_type!r} is not supported")
+    packed = PackedBackbone(backbone)
+    packed.install()
+    return packed
