@@ -5,11 +5,14 @@ backbone (the transformer under the task head) pack its inputs on the way in and
 hidden states on the way out. Inside, the real tokens of every sequence are concatenated into one
 row, position ids restart at 0 for each sequence, and attention stays inside each sequence:
 
-- encoders (BERT): a block-diagonal mask from transformers' own `create_bidirectional_mask`
-  (boolean for sdpa, additive for eager, a BlockMask for flex), or, for flash attention, the
-  varlen kwargs `cu_seq_lens_q/k` and `max_length_q/k` (as `DataCollatorWithFlattening` gives);
-- decoders (Llama, Qwen2): no mask, only the packed position ids, from which transformers builds
-  the block-diagonal causal mask itself (`find_packed_sequence_indices`) or flash's varlen call.
+- sdpa (transformers' default): `PACKED_SDPA`, an attention function registered with
+  transformers that runs torch's sdpa on each sequence's slice of the row (varlen attention
+  without a kernel for it: no padding and no (total x total) mask); padded calls go to sdpa;
+- flash attention: the varlen kwargs `cu_seq_lens_q/k` and `max_length_q/k` (what
+  `DataCollatorWithFlattening` gives it);
+- eager and flex: for encoders (BERT) a block-diagonal mask from transformers' own
+  `create_bidirectional_mask`; for decoders (Llama, Qwen2) only the packed position ids, from
+  which transformers builds the block-diagonal causal mask (`find_packed_sequence_indices`).
 
 The task heads then read padded hidden states as in a padded run: token and span heads per
 position, Llama/Qwen2's score on each sequence's last real token (found from the padded input
@@ -36,6 +39,7 @@ ENCODERS = ("bert",)
 DECODERS = ("llama", "qwen2")
 STRATEGIES = ("single", "ddp")
 FLASH = ("flash_attention_2", "flash_attention_3")
+PACKED_SDPA = "nluft_packed_sdpa"
 
 
 def check_packing(cfg: Config) -> None:
@@ -165,10 +169,12 @@ class PackedBackbone:
             if positions is None
             else pack_rows(positions.expand(*pack.shape), pack)
         )
-        kwargs["attention_mask"] = None if self.causal else self.packed_mask(pack)
+        implementation = self.config._attn_implementation
+        varlen = implementation in (*FLASH, PACKED_SDPA)
+        kwargs["attention_mask"] = None if self.causal or varlen else self.packed_mask(pack)
         if self.causal:
             kwargs["use_cache"] = False  # packed sequences are found only without a cache
-        if self.config._attn_implementation in FLASH:
+        if varlen:
             kwargs.update(
                 cu_seq_lens_q=pack.cu_seqlens,
                 cu_seq_lens_k=pack.cu_seqlens,
@@ -221,6 +227,63 @@ class PackedBackbone:
         return output
 
 
+def packed_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a packed row, one sdpa call per sequence; any other call: transformers' sdpa.
+
+    Query, key and value are (1, heads, total, head_dim); `cu_seq_lens_q` bounds the sequences.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs
+        )
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    edges = bounds.tolist()
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=bool(causal) and end - start > 1,
+        )
+        for start, end in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_sdpa() -> None:
+    """Make `PACKED_SDPA` an attention implementation transformers knows (masks as for sdpa)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    def packed_sdpa_mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        # A packed call has no 2-D mask: each sequence's own sdpa call needs none (a decoder's
+        # block-diagonal causal mask from its position ids would be total x total, unused).
+        if attention_mask is None:
+            return None
+        return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, packed_sdpa_mask)
+
+
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer under the task head (through a PEFT wrapper, if any)."""
     inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -236,6 +299,10 @@ def enable_packing(model: torch.nn.Module) -> PackedBackbone:
     model_type = getattr(backbone.config, "model_type", None)
     if model_type not in (*ENCODERS, *DECODERS):
         raise NluftError(f"data.packing: model type {model_type!r} is not supported")
+    config: Any = backbone.config
+    if config._attn_implementation == "sdpa":  # the default: per-sequence sdpa, no mask
+        register_packed_sdpa()
+        config._attn_implementation = PACKED_SDPA  # runtime only: config.json does not keep it
     packed = PackedBackbone(backbone)
     packed.install()
     return packed
