@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_hf_trainer import Result, load_average, spread, summarize  # noqa: E402
+from vs_hf_trainer import Result, load_average, spread, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("worker.py")
@@ -102,8 +102,7 @@ def main() -> None:
     reports = []
     for task in args.tasks:
         rounds = [
-            {case: run_case(args, task, case, i) for case in args.cases}
-            for i in range(args.repeat)
+            {case: run_case(args, task, case, i) for case in args.cases} for i in range(args.repeat)
         ]
         reports.append(table(task, rounds))
     report = "\n\n".join(reports)

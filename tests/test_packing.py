@@ -173,7 +173,7 @@ def test_what_packing_cannot_do_is_refused_with_the_key_and_the_fix(
     roberta = tmp_path / "roberta"
     roberta.mkdir()
     (roberta / "config.json").write_text(json.dumps({"model_type": "roberta"}))
-    with pytest.raises(NluftError, match="'roberta' is not supported.*data.packing=false"):
+    with pytest.raises(NluftError, match=r"'roberta' is not supported.*data\.packing=false"):
         check_packing(config_with(tmp_path, roberta))
     check_packing(config_with(tmp_path, tiny_model_dir, strategy={"name": "ddp"}))
 
@@ -181,7 +181,8 @@ def test_what_packing_cannot_do_is_refused_with_the_key_and_the_fix(
 def test_dry_run_refuses_in_one_line_exit_2(
     tiny_config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = cli_main(["train", str(tiny_config), "data.packing=true", "strategy.name=fsdp", "--dry-run"])
+    argv = ["train", str(tiny_config), "data.packing=true", "strategy.name=fsdp", "--dry-run"]
+    code = cli_main(argv)
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "data.packing" in err and "strategy.name=fsdp" in err
@@ -290,4 +291,3 @@ def test_packed_ddp_run_equals_padded_ddp_run(
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert_runs_agree(tmp_path / "padded", tmp_path / "packed")
-

@@ -24,6 +24,7 @@ layers; the head's linear layer still runs over the padded slots (cheap).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,7 +136,7 @@ class PackedBackbone:
     """The hooks that make one backbone module run packed (see the module docstring)."""
 
     def __init__(self, backbone: torch.nn.Module) -> None:
-        self.backbone = backbone
+        self.backbone: Any = backbone
         config: Any = backbone.config
         self.config = config
         self.causal = config.model_type in DECODERS
@@ -263,7 +264,7 @@ def packed_sdpa_attention(
             scale=scaling,
             is_causal=bool(causal) and end - start > 1,
         )
-        for start, end in zip(edges[:-1], edges[1:], strict=True)
+        for start, end in itertools.pairwise(edges)
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
@@ -273,12 +274,12 @@ def register_packed_sdpa() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    def packed_sdpa_mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+    def packed_sdpa_mask(**kwargs: Any) -> Any:
         # A packed call has no 2-D mask: each sequence's own sdpa call needs none (a decoder's
         # block-diagonal causal mask from its position ids would be total x total, unused).
-        if attention_mask is None:
+        if kwargs.get("attention_mask") is None:
             return None
-        return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+        return sdpa_mask(**kwargs)
 
     AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, packed_sdpa_mask)
@@ -286,7 +287,8 @@ def register_packed_sdpa() -> None:
 
 def backbone_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer under the task head (through a PEFT wrapper, if any)."""
-    inner: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrapper: Any = model
+    inner: Any = wrapper.get_base_model() if hasattr(wrapper, "get_base_model") else wrapper
     backbone = inner.base_model
     if backbone is inner:
         raise NluftError(f"data.packing: {type(inner).__name__} has no backbone under a head")
