@@ -6,8 +6,9 @@ hidden states on the way out. Inside, the real tokens of every sequence are conc
 row, position ids restart at 0 for each sequence, and attention stays inside each sequence:
 
 - sdpa (transformers' default): `PACKED_SDPA`, an attention function registered with
-  transformers that runs torch's sdpa on each sequence's slice of the row (varlen attention
-  without a kernel for it: no padding and no (total x total) mask); padded calls go to sdpa;
+  transformers: the linear layers run on the packed real tokens only, and attention alone is
+  laid out per sequence for one batched sdpa call with a key mask (varlen attention without a
+  varlen kernel; no (total x total) mask); calls that are not packed go to sdpa unchanged;
 - flash attention: the varlen kwargs `cu_seq_lens_q/k` and `max_length_q/k` (what
   `DataCollatorWithFlattening` gives it);
 - eager and flex: for encoders (BERT) a block-diagonal mask from transformers' own
@@ -24,7 +25,6 @@ layers; the head's linear layer still runs over the padded slots (cheap).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,9 +239,13 @@ def packed_sdpa_attention(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention of a packed row, one sdpa call per sequence; any other call: transformers' sdpa.
+    """Attention of a packed row; any other call: transformers' sdpa.
 
-    Query, key and value are (1, heads, total, head_dim); `cu_seq_lens_q` bounds the sequences.
+    Query, key and value are (1, heads, total, head_dim), `cu_seq_lens_q` bounds the sequences.
+    Only attention goes back to a (sequences, heads, longest, head_dim) layout, for one batched
+    sdpa call with a key mask: the linear layers around it ran on real tokens only. (One sdpa
+    call per sequence costs more on a CPU: its per-call overhead, and slicing's backward, which
+    adds a full-size gradient per slice.)
     """
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
@@ -254,19 +258,27 @@ def packed_sdpa_attention(
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:
         key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    edges = bounds.tolist()
-    outputs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            scale=scaling,
-            is_causal=bool(causal) and end - start > 1,
-        )
-        for start, end in itertools.pairwise(edges)
-    ]
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    lengths = bounds.diff().long()
+    longest = int(kwargs["max_length_q"])
+    sequence = torch.repeat_interleave(torch.arange(len(lengths), device=query.device), lengths)
+    slot = sequence * longest + torch.arange(query.shape[2], device=query.device)
+    slot = slot - bounds[:-1].long()[sequence]  # each token's place in its sequence's row
+
+    def rows(packed: torch.Tensor) -> torch.Tensor:  # (1, h, total, d) -> (n, h, longest, d)
+        tokens = packed[0].transpose(0, 1)
+        out = tokens.new_zeros((len(lengths) * longest, *tokens.shape[1:]))
+        out = out.index_copy(0, slot, tokens)
+        return out.view(len(lengths), longest, *tokens.shape[1:]).transpose(1, 2)
+
+    columns = torch.arange(longest, device=query.device)
+    mask = (columns[None, :] < lengths[:, None])[:, None, None, :]  # real keys only
+    if causal:
+        mask = mask & (columns[None, :] <= columns[:, None])[None, None]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        rows(query), rows(key), rows(value), attn_mask=mask, dropout_p=dropout, scale=scaling
+    )
+    heads, dim = out.shape[1], out.shape[3]
+    return out.transpose(1, 2).reshape(-1, heads, dim)[slot][None], None
 
 
 def register_packed_sdpa() -> None:
