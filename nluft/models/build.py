@@ -127,13 +127,18 @@ def load_backbone(auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta
     """`auto_class.from_pretrained` (or, `meta`, its shapes on the meta device)."""
     name = resolve_model_path(cfg.name_or_path)
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
         if meta:
             config = transformers.AutoConfig.from_pretrained(name, **options, **extra)
             with torch.device("meta"):
-                return auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
+                return auto_class.from_config(
+                    config, trust_remote_code=cfg.trust_remote_code, **attn
+                )
         dtype = {"dtype": getattr(torch, cfg.torch_dtype)} if cfg.torch_dtype else {}
-        return auto_class.from_pretrained(name, use_safetensors=None, **options, **dtype, **extra)
+        return auto_class.from_pretrained(
+            name, use_safetensors=None, **options, **dtype, **attn, **extra
+        )
     except (OSError, ValueError) as err:
         raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
 
