@@ -50,6 +50,14 @@ SINGLE = ["strategy.name=single", "train.per_device_train_batch_size=8"]
 # Backend name -> its overrides on 2 ranks; each gets the same global batch and seed as SINGLE.
 PARITY = {
     "ddp": ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
+    # torch.compile inside DDP (dynamic shapes, accumulation under no_sync, compiled eval);
+    # aot_eager: dynamo + AOTAutograd without inductor's minutes of C++ generation on a CPU.
+    "ddp_compiled": [
+        "strategy.name=ddp",
+        "train.per_device_train_batch_size=4",
+        "train.torch_compile=true",
+        "train.torch_compile_backend=aot_eager",
+    ],
 }
 RESUME_STEP = 20  # mid-epoch: the 10th of 15 steps of epoch 2
 TOTAL_STEPS = 45  # 240 examples / 16 per step x 3 epochs
@@ -312,7 +320,8 @@ def test_loss_curve_matches_single_process(runs: dict[str, Path], backend: str) 
         assert got[step] == pytest.approx(loss, rel=LOSS_RTOL), f"step {step}"
     assert_same_final_metrics(runs[backend], runs["single"])
     plan = json.loads((runs[backend] / "plan.json").read_text())
-    assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, backend)
+    strategy = backend.removesuffix("_compiled")
+    assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, strategy)
 
 
 def test_ddp_checkpoint_is_one_copy_written_by_rank_0(runs: dict[str, Path]) -> None:
