@@ -1,13 +1,14 @@
 """Compute options of nluft, step against step in one process: a fair comparison on a busy machine.
 
-    .venv/bin/python benchmarks/options_ab.py --steps 12 --variants default eager pad8 compile
+    .venv/bin/python benchmarks/options_ab.py --steps 12 --variants eager pad8 compile
 
 Every variant is the main job's model (packaged MiniLM, 2 labels) with the same initial weights and
 its own fused AdamW; every round runs one training step of each variant on the same
-length-grouped batch of the main job's data (Rotten Tomatoes train split, batch 32), in turn, so
-a slow second of the machine hits all of them alike. Per variant: the median wall and process CPU
-time of a step over the rounds after the warm-up, and the median of the per-round ratios to
-`default`. torch.compile's first steps (compiling) are reported apart.
+length-grouped batch of the main job's data (Rotten Tomatoes train split, batch 32), in turn (each
+round starting with the next variant), so a slow second of the machine hits all of them alike.
+Per variant: the median wall and process CPU time of a step over the rounds after the warm-up,
+and the median of the per-round ratios to `default`. torch.compile's first steps (compiling)
+are reported apart.
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ def main() -> None:
     steps = {v: build_step(setup, VARIANTS[v], pad_id) for v in names}
     times: dict[str, list[tuple[float, float]]] = {v: [] for v in steps}
     before = os.getloadavg()
-    for columns in batches:
-        for name, step in steps.items():
+    order = list(steps)
+    for i, columns in enumerate(batches):
+        # Each round starts with another variant: whoever runs first meets a colder cache.
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             cpu, wall = time.process_time(), time.perf_counter()
-            step(columns)
+            steps[name](columns)
             times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
     after = os.getloadavg()
     print("| variant | wall s/step | CPU s/step | wall / default | CPU / default | first steps s |")
