@@ -2,9 +2,10 @@
 
 - `model.attn_implementation=eager` against transformers' default (sdpa): same math, other kernel;
 - `data.pad_to_multiple_of`: extra padding is masked, so the loss is unchanged;
-- `train.torch_compile` (backend aot_eager: dynamo's capture and AOTAutograd without inductor's
-  C++ code generation, which takes minutes on a CPU) gives the eager losses, and length-grouped
-  batches of many different lengths run on a bounded number of graphs instead of one per shape.
+- `train.torch_compile` (backend eager: dynamo's capture and guards, which decide recompiles,
+  without AOTAutograd or inductor's C++ generation, minutes on a CPU; tests/test_distributed.py
+  runs aot_eager under ddp) gives the eager losses, and length-grouped batches of many different
+  lengths run on a bounded number of graphs instead of one per shape.
 
 All runs use the tiny BERT without dropout, in this process (no start-up cost).
 """
@@ -127,7 +128,7 @@ def test_torch_compile_matches_eager_and_reuses_one_graph_across_lengths(
         config,
         tmp_path / "run",
         "train.torch_compile=true",
-        "train.torch_compile_backend=aot_eager",
+        "train.torch_compile_backend=eager",
     )
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert losses(records) == pytest.approx(losses(default), rel=1e-4, abs=1e-5)
