@@ -124,13 +124,16 @@ def test_torch_compile_matches_eager_and_reuses_one_graph_across_lengths(
     assert len(lengths) >= 5, f"the data must give many batch shapes, got {sorted(lengths)}"
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    records = train(
-        config,
-        tmp_path / "run",
-        "train.torch_compile=true",
-        "train.torch_compile_backend=eager",
-    )
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    try:
+        records = train(
+            config,
+            tmp_path / "run",
+            "train.torch_compile=true",
+            "train.torch_compile_backend=eager",
+        )
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    finally:
+        torch._dynamo.reset()  # later tests in this process start from a clean cache
     assert losses(records) == pytest.approx(losses(default), rel=1e-4, abs=1e-5)
     assert 1 <= graphs <= 2 < len(lengths), (graphs, sorted(lengths))
     assert records[-1]["compiled_graphs"] == graphs  # what the log reports is torch's count
