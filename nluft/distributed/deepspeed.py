@@ -179,6 +179,7 @@ class DeepSpeedStrategy(GroupCollectives):
         # another world size: each group gets its own back.
         for group, weight_decay in zip(self.torch_param_groups(), decay, strict=True):
             group["weight_decay"] = weight_decay
+        separate_step_counters(self.engine.optimizer)
         if universal:
             self.barrier()
             if self.env.is_main:
@@ -249,6 +250,26 @@ class DeepSpeedStrategy(GroupCollectives):
         sixteen_bit = self.ds_config["bf16"]["enabled"] or self.ds_config["fp16"]["enabled"]
         optimizer = optimizer_numel * (8 + (4 if stage >= 1 or sixteen_bit else 0))
         return model_state_bytes(params, grads, optimizer)
+
+
+def separate_step_counters(optimizer: Any) -> None:
+    """Give each AdamW state its own `step` tensor after a load.
+
+    ZeRO-3's universal loader (DeepSpeed 0.19.8, `load_hp_checkpoint_state_from_checkpoint_dir_stage3`)
+    assigns ONE step tensor object to the state of every sub-group (one per param group here).
+    torch's AdamW increments `state["step"]` in place, once per sub-group, so after the resume
+    the shared counter advanced by the number of sub-groups per optimizer step (2 with nluft's
+    decay/no-decay groups: step 16 instead of 10 after 6 steps), and Adam's bias correction,
+    1 - beta**step, moved the run off the uninterrupted one. See benchmarks/zero_resume_probe.py.
+    """
+    base = getattr(optimizer, "optimizer", optimizer)
+    seen: set[int] = set()
+    for state in base.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            if id(step) in seen:
+                state["step"] = step.clone()
+            seen.add(id(step))
 
 
 def to_export(tensor: torch.Tensor) -> torch.Tensor:
