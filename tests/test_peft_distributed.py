@@ -204,10 +204,9 @@ def test_lora_resumes_on_another_world_size(runs: SimpleNamespace, strategy: str
     expected, got = train_losses(full)[STEPS // 2 :], train_losses(resumed)[STEPS:]
     # The first resumed step runs on the restored adapters and head: equal losses.
     assert got[0] == pytest.approx(expected[0], abs=1e-6)
-    # DeepSpeed's universal checkpoint (ZeRO-3, 2 -> 1 rank) restores the AdamW moments with a
-    # small drift (1.5e-4 after two more steps at lr 3e-2, measured); DCP (FSDP2) is exact.
-    tolerance = 5e-4 if strategy == "zero3" else LOSS_TOLERANCE
-    assert got == pytest.approx(expected, abs=tolerance)
+    # ZeRO-3 through DeepSpeed's universal checkpoint as exactly as DCP (FSDP2): each AdamW
+    # sub-group has its own step counter again after the load (see deepspeed.py).
+    assert got == pytest.approx(expected, abs=LOSS_TOLERANCE)
     for split, metrics in final_metrics(full).items():
         assert final_metrics(resumed)[split]["accuracy"] == metrics["accuracy"], split
 
