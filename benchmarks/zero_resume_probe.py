@@ -9,8 +9,8 @@ at the end: fp32 master weights, AdamW exp_avg/exp_avg_sq per parameter, every s
 `step` counter (value and whether sub-groups share one tensor), the param groups' hyperparameters,
 the lr schedule and the final weights. `--fix step decay` applies nluft's repairs after the load.
 
-    torchrun --standalone --nproc_per_node 2 benchmarks/zero_resume_probe.py save --stage 3 --dir D
-    torchrun --standalone --nproc_per_node 1 benchmarks/zero_resume_probe.py resume --stage 3 --dir D
+    torchrun --standalone --nproc_per_node 2 benchmarks/zero_resume_probe.py save --dir D
+    torchrun --standalone --nproc_per_node 1 benchmarks/zero_resume_probe.py resume --dir D
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ class Tiny(nn.Module):
 
 def batch(step: int, rank: int, world: int) -> torch.Tensor:
     """This rank's share of the global batch of `step` (the same rows on any world size)."""
-    ids = torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(step))
+    ids = torch.randint(
+        0, VOCAB, (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(step)
+    )
     share = GLOBAL_BATCH // world
     return ids[rank * share : (rank + 1) * share]
 
@@ -115,7 +117,9 @@ def snapshot(engine: Any) -> dict[str, Any]:
     states = [base.state[p] for p in hp_params(engine)]
     steps = [s.get("step") for s in states]
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in base.param_groups]
-    frozen = {n: p.detach().clone() for n, p in engine.module.named_parameters() if not p.requires_grad}
+    frozen = {
+        n: p.detach().clone() for n, p in engine.module.named_parameters() if not p.requires_grad
+    }
     snap = {
         "params": params,
         "steps": [float(s) if s is not None else None for s in steps],
@@ -151,8 +155,13 @@ def to_universal(src: Path, out: Path) -> None:
     if dist.get_rank() == 0:
         shutil.rmtree(out, ignore_errors=True)
         args = SimpleNamespace(
-            input_folder=str(src / "tag"), output_folder=str(out / "tag"), num_extract_workers=1,
-            num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True,
+            input_folder=str(src / "tag"),
+            output_folder=str(out / "tag"),
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=True,
         )
         ds_to_universal(args)
     dist.barrier()
@@ -192,7 +201,9 @@ def main() -> None:
         saved = snapshot(engine)
         train(engine, args.save_at, args.steps)
         if dist.get_rank() == 0:
-            torch.save({"world": world, "saved": saved, "final": snapshot(engine)}, args.dir / "ref.pt")
+            torch.save(
+                {"world": world, "saved": saved, "final": snapshot(engine)}, args.dir / "ref.pt"
+            )
         else:
             snapshot(engine)
         return
