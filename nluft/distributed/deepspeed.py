@@ -256,11 +256,12 @@ def separate_step_counters(optimizer: Any) -> None:
     """Give each AdamW state its own `step` tensor after a load.
 
     ZeRO-3's universal loader (DeepSpeed 0.19.8, stage3.py
-    `load_hp_checkpoint_state_from_checkpoint_dir_stage3`) assigns ONE step tensor object to the state of every sub-group (one per param group here).
-    torch's AdamW increments `state["step"]` in place, once per sub-group, so after the resume
-    the shared counter advanced by the number of sub-groups per optimizer step (2 with nluft's
-    decay/no-decay groups: step 16 instead of 10 after 6 steps), and Adam's bias correction,
-    1 - beta**step, moved the run off the uninterrupted one. See benchmarks/zero_resume_probe.py.
+    `load_hp_checkpoint_state_from_checkpoint_dir_stage3`) assigns ONE step tensor object to the
+    state of every sub-group (one per param group here). torch's AdamW increments
+    `state["step"]` in place, once per sub-group, so after the resume the shared counter advanced
+    by the number of sub-groups per optimizer step (2 with nluft's decay/no-decay groups: step 16
+    instead of 10 after 6 steps), and Adam's bias correction, 1 - beta**step, moved the run off
+    the uninterrupted one. See benchmarks/zero_resume_probe.py.
     """
     base = getattr(optimizer, "optimizer", optimizer)
     seen: set[int] = set()
