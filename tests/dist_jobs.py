@@ -12,6 +12,8 @@ JOBS.json is a list of
     {"kind": "eval", "run_dir": D, "split": S, "strategy": "ddp",       metrics and predictions
      "overrides": [...], "out": "FILE.json", "export_dir": E}           of D/export (or E) on
                                                                         all ranks of the launch
+    {"kind": "nan_step", "overrides": [...], "out": "FILE.json"}       a NaN loss on step 2 of 3
+                                                                        (tests/nan_step_job.py)
 """
 
 from __future__ import annotations
@@ -74,7 +76,13 @@ def run_eval(job: dict[str, Any]) -> None:
     strategy.close()
 
 
-KINDS = {"cli": run_cli, "eval": run_eval}
+def run_nan_step(job: dict[str, Any]) -> None:
+    from nan_step_job import run_nan_step
+
+    run_nan_step(job)
+
+
+KINDS = {"cli": run_cli, "eval": run_eval, "nan_step": run_nan_step}
 
 
 def run_jobs(jobs: list[dict[str, Any]]) -> None:

@@ -10,16 +10,12 @@ LoRA + a classification or token head under ZeRO-3 and FSDP2.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import ROOT
 from distributed_runs import (
     COMMON,
     LORA,
@@ -27,7 +23,7 @@ from distributed_runs import (
     STEPS,
     TWO_RANK_BATCH,
     final_metrics,
-    free_port,
+    launch,
     lora_reference,
     memory,
     no_dropout_model,
@@ -46,30 +42,6 @@ STRATEGIES = {
     "fsdp": ["strategy.name=fsdp"],
 }
 SHORT = ["train.max_steps=2", "train.eval_strategy=no", "train.logging_steps=1"]
-
-
-def launch(nproc: int, jobs: list[dict[str, Any]], path: Path) -> None:
-    """One torchrun launch of tests/dist_jobs.py running `jobs` in order on every rank."""
-    path.write_text(json.dumps(jobs))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=localhost:{free_port()}",
-        str(ROOT / "tests" / "dist_jobs.py"),
-        str(path),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
 
 
 def tiny_decoder(out: Path, kind: str, tokenizer_dir: Path) -> Path:

@@ -114,7 +114,7 @@ class DeepSpeedStrategy(GroupCollectives):
         )
         self.model = self.engine
         if self.stage == 0 and not (self.ds_config["bf16"]["enabled"] or self.precision == "fp16"):
-            record_grad_norm(self.engine)
+            guard_plain_optimizer(self.engine)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         # The engine already holds the model in bf16/fp16; no autocast on top.
@@ -130,12 +130,15 @@ class DeepSpeedStrategy(GroupCollectives):
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         norm = None if norm is None else float(norm)
-        if not getattr(self.engine, "_step_applied", True):  # an fp16 loss-scaler overflow
-            # DeepSpeed does not advance the schedule on a skip; the loop's step count does.
+        if not getattr(self.engine, "_step_applied", True):
+            # NaN/Inf gradients (ZeRO 1-3, bf16), or an fp16 loss-scaler overflow. DeepSpeed does
+            # not advance the schedule on a skip; the loop's step count does.
             self.engine.lr_scheduler.step()
-            return StepResult(norm, skipped=True, fault=overflow_is_fault(scale))
-        fault = norm is not None and not math.isfinite(norm)
-        return StepResult(norm, fault=fault)
+            fault = self.precision != "fp16" or overflow_is_fault(scale)
+            return StepResult(norm, skipped=True, fault=fault)
+        if norm is not None and not math.isfinite(norm):  # ZeRO-0 fp32: guard_plain_optimizer
+            return StepResult(norm, skipped=True, fault=True)
+        return StepResult(norm)
 
     @property
     def learning_rate(self) -> float:
@@ -279,32 +282,40 @@ def to_export(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.is_floating_point() else tensor
 
 
-def record_grad_norm(engine: Any) -> None:
-    """Make ZeRO-0 in fp32 report its gradient norm, as every other configuration does.
+def guard_plain_optimizer(engine: Any) -> None:
+    """Make ZeRO-0 in fp32 report its gradient norm and skip a NaN/Inf update, as every other
+    configuration does.
 
-    There DeepSpeed steps a plain torch optimizer and keeps no norm (`get_global_grad_norm()` is
-    None). The engine copies an optimizer's `_global_grad_norm` after each step: measure it on
-    the reduced gradients, before clipping when the engine clips.
+    There DeepSpeed steps a plain torch optimizer: it keeps no norm (`get_global_grad_norm()` is
+    None) and applies non-finite gradients, which turns every weight into NaN (ZeRO 1-3 and
+    bf16 check the reduced gradients and skip such a step themselves). The engine copies an
+    optimizer's `_global_grad_norm` after each step: measure it on the reduced gradients, before
+    clipping when the engine clips; a non-finite norm drops the gradients, so AdamW leaves every
+    parameter, its moments and its step count as they were.
     """
     optimizer = engine.optimizer
     clip = engine.clip_fp32_gradients
-    clipped = [False]
+    measured = [False]
 
-    def total_norm() -> float:
+    def finite_norm() -> bool:
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        optimizer._global_grad_norm, measured[0] = norm, True
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+        return math.isfinite(norm)
 
-    def clip_and_record() -> None:
-        optimizer._global_grad_norm, clipped[0] = total_norm(), True
-        clip()
+    def clip_finite() -> None:
+        if finite_norm():
+            clip()
 
-    def record_unclipped(*_: Any) -> None:
-        if not clipped[0]:
-            optimizer._global_grad_norm = total_norm()
-        clipped[0] = False
+    def measure_unclipped(*_: Any) -> None:
+        if not measured[0]:
+            finite_norm()
+        measured[0] = False
 
-    engine.clip_fp32_gradients = clip_and_record
-    optimizer.register_step_pre_hook(record_unclipped)
+    engine.clip_fp32_gradients = clip_finite
+    optimizer.register_step_pre_hook(measure_unclipped)
 
 
 def read_weights(checkpoint: Path, precision: str) -> dict[str, torch.Tensor]:
