@@ -140,15 +140,6 @@ def hp_params(engine: Any) -> list[torch.Tensor]:
     return [p for group in engine.optimizer.optimizer.param_groups for p in group["params"]]
 
 
-def fix_step(engine: Any) -> None:
-    """nluft's repair: every sub-group's AdamW step counter gets a tensor of its own."""
-    base = engine.optimizer.optimizer
-    for param in hp_params(engine):
-        state = base.state[param]
-        if torch.is_tensor(state.get("step")):
-            state["step"] = state["step"].clone()
-
-
 def to_universal(src: Path, out: Path) -> None:
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
@@ -179,9 +170,15 @@ def compare(want: dict[str, Any], got: dict[str, Any], label: str) -> None:
             diff = float((tensor - other).abs().max())
             if diff > 0:
                 print(f"  {name}.{key}: max |diff| {diff:.3e}")
-    for key in ("steps", "step_tensors_shared", "groups", "scheduler", "lr", "frozen_numel"):
+    for key in ("steps", "step_tensors_shared", "scheduler", "lr", "frozen_numel"):
         mark = "same" if want[key] == got[key] else "DIFFERENT"
         print(f"  {key}: {mark}: uninterrupted {want[key]} | resumed {got[key]}")
+    for k, (a, b) in enumerate(zip(want["groups"], got["groups"], strict=True)):
+        diff = {name: (a[name], b.get(name)) for name in a if a[name] != b.get(name)}
+        print(
+            f"  param group {k}: "
+            + (f"DIFFERENT (uninterrupted, resumed): {diff}" if diff else "same")
+        )
 
 
 def main() -> None:
@@ -216,8 +213,10 @@ def main() -> None:
     engine._config.load_universal_checkpoint = universal
     engine.load_checkpoint(str(src), tag="tag")
     engine._config.load_universal_checkpoint = False
-    if "step" in args.fix:
-        fix_step(engine)
+    if "step" in args.fix:  # nluft's repair (nluft/distributed/deepspeed.py)
+        from nluft.distributed.deepspeed import separate_step_counters
+
+        separate_step_counters(engine.optimizer)
     if "decay" in args.fix:  # nluft's earlier repair: each group's own weight decay
         for group, decay in zip(engine.optimizer.optimizer.param_groups, [0.1, 0.0], strict=True):
             group["weight_decay"] = decay
