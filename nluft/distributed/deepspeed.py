@@ -5,8 +5,9 @@ The only module that imports deepspeed, and only when this backend is built.
 Checkpoints are DeepSpeed's own sharded files (`deepspeed/` in the checkpoint directory) plus
 `deepspeed_meta.json`. Resuming ZeRO 1-3 on another world size converts them to a DeepSpeed
 universal checkpoint (`ds_to_universal`, in a temporary `.universal-step-N/` beside them) and loads
-that: model weights, fp32 master weights, AdamW moments and the schedule all carry over. ZeRO-0
-files hold the full state and load on any world size as they are.
+that: model weights, fp32 master weights, AdamW moments and the schedule all carry over (after
+two repairs of DeepSpeed 0.19.8's ZeRO-3 loader: per-group weight decay, per-group step counters).
+ZeRO-0 files hold the full state and load on any world size as they are.
 """
 
 from __future__ import annotations
