@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 
-def build(cfg: Any, strategy: Any) -> tuple[Any, int]:
-    """(model, placeholders) as train.main builds it; with a strategy, set up (sharded) by it."""
+def build(cfg: Any, strategy: Any) -> tuple[Any, dict[str, str]]:
+    """(model, its placeholders) as train.main builds it; with a strategy, set up by it."""
     from nluft.config import build_plan
     from nluft.data import build_data
     from nluft.models import build_model, build_tokenizer
@@ -34,13 +35,13 @@ def build(cfg: Any, strategy: Any) -> tuple[Any, int]:
     tokenizer = build_tokenizer(cfg.model, task)
     if strategy is None:  # the reference: one plain process
         data = build_data(cfg, task, tokenizer, True, lambda: None)
-        return build_model(cfg.model, task, tokenizer, cfg.peft), 0
+        return build_model(cfg.model, task, tokenizer, cfg.peft), {}
     data = build_data(cfg, task, tokenizer, strategy.env.is_main, strategy.barrier)
     model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
     weights = deferred_weights(model)
-    placeholders = len(weights.pending(model)) if weights is not None else 0
+    pending = weights.pending(model) if weights is not None else {}
     strategy.setup(model, build_plan(cfg, strategy.env.world_size, len(data.features["train"])))
-    return model, placeholders
+    return model, pending
 
 
 def check(case: dict[str, Any]) -> dict[str, Any] | None:
@@ -50,7 +51,13 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
 
     cfg = load_config(case["config"], case["overrides"])
     strategy = build_strategy(cfg, read_dist_env())
-    _, placeholders = build(cfg, strategy)
+    model_dir = Path(resolve_model_path(cfg.model.name_or_path))
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
+        keys = set(handle.keys())
+    model, pending = build(cfg, strategy)
+    named = [name for name, _ in [*model.named_parameters(), *model.named_buffers()]]
+    # Model tensors with pre-trained values that were read in full before sharding.
+    read_early = sorted(n for n in named if checkpoint_key(n, keys) and n not in pending)
     rng_sharded = torch.get_rng_state()
     local = sum(strategy.local_numel(p) for p in strategy.unwrapped().parameters())
     total = sum(p.numel() for p in strategy.unwrapped().parameters())
@@ -68,7 +75,6 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         or expected[k].dtype != sharded[k].dtype
         or not torch.equal(expected[k], sharded[k].to(expected[k].device))
     )
-    model_dir = Path(resolve_model_path(cfg.model.name_or_path))
     checkpoint = load_file(str(model_dir / "model.safetensors"))
     from_checkpoint = {
         k: bool(torch.equal(checkpoint[c].to(v.dtype), v))
@@ -78,7 +84,8 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     }
     return {
         "name": case["name"],
-        "placeholders": placeholders,
+        "placeholders": len(pending),
+        "read_early": read_early,
         "keys": len(sharded),
         "mismatched": mismatched,
         "rng_equal": bool(torch.equal(rng_sharded, torch.get_rng_state())),
@@ -88,7 +95,7 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def checkpoint_key(name: str, checkpoint: dict[str, torch.Tensor]) -> str | None:
+def checkpoint_key(name: str, checkpoint: Any) -> str | None:
     """The checkpoint key of a model tensor (peft and head-model prefixes removed)."""
     name = name.replace("base_model.model.", "").replace(".base_layer", "")
     for candidate in (name, name.partition(".")[2]):

@@ -86,6 +86,7 @@ class FSDPStrategy(GroupCollectives):
                 "reduce_dtype": "fp32",
                 "cpu_offload": bool(strategy.fsdp_cpu_offload),
                 "reshard_after_forward": strategy.fsdp_reshard_after_forward is not False,
+                "meta_init": self.defers_weights,
             }
         }
 
