@@ -65,7 +65,11 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     strategy.barrier()
     if sharded is None:
         return None
+    # Non-persistent buffers (position_ids, token_type_ids) are in no state dict; FSDP2 leaves
+    # them whole on every rank.
+    buffers = dict(strategy.unwrapped().named_buffers())
     reference, _ = build(cfg, None)
+    expected_buffers = dict(reference.named_buffers())
     expected = reference.state_dict()
     mismatched = sorted(
         k
@@ -89,6 +93,9 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         "keys": len(sharded),
         "mismatched": mismatched,
         "rng_equal": bool(torch.equal(rng_sharded, torch.get_rng_state())),
+        "buffers": sorted(buffers),
+        "buffers_equal": buffers.keys() == expected_buffers.keys()
+        and all(torch.equal(buffers[k], v) for k, v in expected_buffers.items()),
         "from_checkpoint": from_checkpoint,
         "local_fraction": local / total,
         "head": {k: float(v.float().std()) for k, v in sharded.items() if is_head(k)},

@@ -80,6 +80,7 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
         assert [n.replace("base_model.model.", "") for n in result["read_early"]] == early, name
         assert result["placeholders"] > 0, name
         assert result["local_fraction"] == pytest.approx(0.5, abs=0.02), name
+        assert result["buffers"] and result["buffers_equal"], (name, result["buffers"])
         # The same random draws as an ordinary build: later dropout masks match too.
         assert result["rng_equal"], name
 
