@@ -49,6 +49,7 @@ class DeferredWeights:
     bases: list[torch.Tensor] = field(default_factory=list)
     # The dtype an ordinary load holds each tensor in (a later cast to fp32 rounds through it).
     load_dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def placeholder(self, key: str, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
         """A tensor of `shape` and `dtype` that takes one element of memory and stands for `key`."""
@@ -56,6 +57,7 @@ class DeferredWeights:
         self.bases.append(base)
         self.placeholders[base.untyped_storage().data_ptr()] = key
         self.load_dtypes.setdefault(key, dtype)
+        self.shapes[key] = tuple(shape)
         return base.expand(shape)
 
     def cast(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -163,11 +165,15 @@ def concrete_class(auto_class: Any, config: Any) -> Any:
 def check_no_placeholder_copies(
     model: torch.nn.Module, weights: DeferredWeights, name: str
 ) -> None:
-    """A tensor transformers converted while loading (cast, fused, transposed) lost its link
-    to the checkpoint; it would hold the placeholder's NaN, so refuse rather than train on it.
+    """A tensor transformers converted while loading (cast, fused, split) no longer matches
+    a checkpoint tensor row for row (or holds the placeholder's NaN): refuse rather than train
+    on it.
     """
     for param_name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if weights.key_of(tensor) is None and tensor.is_floating_point() and tensor.isnan().any():
+        key = weights.key_of(tensor)
+        reshaped = key is not None and tuple(tensor.shape) != weights.shapes[key]  # split, fused
+        copied = key is None and tensor.is_floating_point() and bool(tensor.isnan().any())
+        if reshaped or copied:
             raise NluftError(
                 f"model.name_or_path: {name!r}: {param_name} is converted while loading, so its "
                 "weights cannot be read per shard; set strategy.fsdp_meta_init=false"
