@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 import transformers
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 
@@ -52,8 +51,10 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     cfg = load_config(case["config"], case["overrides"])
     strategy = build_strategy(cfg, read_dist_env())
     model_dir = Path(resolve_model_path(cfg.model.name_or_path))
-    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as handle:
-        keys = set(handle.keys())
+    checkpoint: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):  # one file, or shards + an index
+        checkpoint.update(load_file(str(file)))
+    keys = set(checkpoint)
     model, pending = build(cfg, strategy)
     named = [name for name, _ in [*model.named_parameters(), *model.named_buffers()]]
     # Model tensors with pre-trained values that were read in full before sharding.
@@ -79,7 +80,6 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         or expected[k].dtype != sharded[k].dtype
         or not torch.equal(expected[k], sharded[k].to(expected[k].device))
     )
-    checkpoint = load_file(str(model_dir / "model.safetensors"))
     from_checkpoint = {
         k: bool(torch.equal(checkpoint[c].to(v.dtype), v))
         for k, v in sharded.items()

@@ -24,6 +24,7 @@ from test_peft_distributed import tiny_decoder
 
 from nluft.config import load_config
 from nluft.errors import NluftError
+from nluft.models.lazy import INDEX_FILE
 
 pytestmark = pytest.mark.distributed
 
@@ -31,8 +32,21 @@ BF16 = ["model.torch_dtype=bfloat16", "train.precision=bf16"]
 LORA = ["peft.r=4", "peft.alpha=8"]
 
 
+def sharded_files(out: Path, model: Path) -> Path:
+    """The tiny BERT saved as several safetensors files plus an index, as large models ship."""
+    import transformers
+
+    transformers.BertModel.from_pretrained(str(model)).save_pretrained(
+        str(out), safe_serialization=True, max_shard_size="200KB"
+    )
+    transformers.AutoTokenizer.from_pretrained(str(model)).save_pretrained(str(out))
+    assert len(list(out.glob("*.safetensors"))) > 1 and (out / INDEX_FILE).is_file()
+    return out
+
+
 def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
     llama = tiny_decoder(tmp / "tiny-llama", "llama", model)
+    shards = sharded_files(tmp / "tiny-bert-sharded", model)
     relation = [
         f"model.name_or_path={model}",
         f"data.cache_dir={tmp / 'cache'}",
@@ -47,6 +61,7 @@ def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
         "relation": (ROOT / "configs" / "relation.yaml", relation),  # markers grow the vocab
         "relation-lora": (ROOT / "configs" / "relation.yaml", [*relation, *LORA]),
         "llama-lora": (config, [f"model.name_or_path={llama}", *LORA]),
+        "classification-sharded-files": (config, [f"model.name_or_path={shards}"]),
     }
     return [
         {"name": name, "config": str(path), "overrides": ["strategy.name=fsdp", *extra]}
@@ -86,7 +101,8 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
 
 
 def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -> None:
-    for name in ("classification", "classification-lora", "relation", "llama-lora"):
+    fp32 = ("classification", "classification-lora", "relation", "llama-lora")
+    for name in (*fp32, "classification-sharded-files"):
         matches = results[name]["from_checkpoint"]
         assert matches and all(matches.values()), (name, matches)
     for name in ("classification", "relation"):
