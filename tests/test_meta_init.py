@@ -55,7 +55,8 @@ def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
     ]
     plain = {
         "classification": (config, []),
-        "classification-lora": (config, LORA),
+        # peft copies the pre-trained pooler to train it in full
+        "classification-lora": (config, [*LORA, "peft.modules_to_save=[pooler]"]),
         "classification-bf16": (config, BF16),  # loaded in bf16, trained in fp32
         "classification-lora-bf16": (config, [*LORA, *BF16]),
         "relation": (ROOT / "configs" / "relation.yaml", relation),  # markers grow the vocab

@@ -17,11 +17,12 @@ from nluft.config import Config, ModelConfig, PeftConfig
 from nluft.data.vocab import grow_embeddings
 from nluft.errors import NluftError
 from nluft.models.heads import EntityMarkerModel
-from nluft.models.lazy import attach, deferred_weights, load_deferred
+from nluft.models.lazy import attach, check_placeholders, deferred_weights, load_deferred
 from nluft.models.peft import (
     adapter_base_path,
     apply_peft,
     describe_parameters,
+    head_modules,
     load_adapter,
 )
 from nluft.tasks import MODEL_KINDS, Task
@@ -110,6 +111,8 @@ def build_model(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if peft_cfg is not None:
+        if weights is not None:
+            realise_modules_to_save(model, weights, peft_cfg)
         model = apply_peft(model, peft_cfg, marker_token_ids(task, tokenizer))
     elif cfg.torch_dtype not in (None, "float32"):
         # Full fine-tuning: every parameter trains, in fp32.
@@ -118,8 +121,18 @@ def build_model(
         else:
             model.float()
     if weights is not None:
+        check_placeholders(model, weights, resolve_model_path(cfg.name_or_path))
         attach(model, weights)
     return model
+
+
+def realise_modules_to_save(model: Any, weights: Any, peft_cfg: PeftConfig) -> None:
+    """Pre-trained modules peft copies to train in full (`modules_to_save`, e.g. the pooler) are
+    read whole first: a copy of a placeholder would lose its link to the checkpoint."""
+    names = head_modules(model, peft_cfg.modules_to_save)
+    for qualified, module in model.named_modules():
+        if any(qualified == n or qualified.endswith("." + n) for n in names):
+            weights.realise(module)
 
 
 def grows(model: Any, tokenizer: Any) -> bool:

@@ -87,12 +87,12 @@ class DeferredWeights:
             tensor = rows[start:stop] if rows.get_shape() else handle.get_tensor(key)
         return tensor.to(self.load_dtypes[key])
 
-    def realise(self, module: torch.nn.Module, name: str = "weight") -> None:
-        """Read a placeholder parameter of `module` in full (before code that reads its values)."""
-        param = getattr(module, name)
-        key = self.key_of(param)
-        if key is not None:
-            param.data = self.read(key).to(param.dtype)
+    def realise(self, module: torch.nn.Module) -> None:
+        """Read `module`'s placeholder parameters in full (for code that reads or copies them)."""
+        for param in module.parameters():
+            key = self.key_of(param)
+            if key is not None:
+                param.data = self.read(key).to(param.dtype)
 
 
 _PENDING: weakref.WeakKeyDictionary[torch.nn.Module, DeferredWeights] = weakref.WeakKeyDictionary()
@@ -145,7 +145,7 @@ def load_deferred(
     model = model_class.from_pretrained(
         None, config=config, state_dict=placeholder_state_dict(weights, dtype), **options
     )
-    check_no_placeholder_copies(model, weights, name)
+    check_placeholders(model, weights, name)
     _PENDING[model] = weights
     return model
 
@@ -162,12 +162,9 @@ def concrete_class(auto_class: Any, config: Any) -> Any:
     return model_class[0] if isinstance(model_class, (list, tuple)) else model_class
 
 
-def check_no_placeholder_copies(
-    model: torch.nn.Module, weights: DeferredWeights, name: str
-) -> None:
-    """A tensor transformers converted while loading (cast, fused, split) no longer matches
-    a checkpoint tensor row for row (or holds the placeholder's NaN): refuse rather than train
-    on it.
+def check_placeholders(model: torch.nn.Module, weights: DeferredWeights, name: str) -> None:
+    """Refuse a tensor that lost its link to the checkpoint: one transformers converted while
+    loading (cast, fused, split), or a copy of a placeholder (it holds the placeholder's NaN).
     """
     for param_name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         key = weights.key_of(tensor)
@@ -175,8 +172,8 @@ def check_no_placeholder_copies(
         copied = key is None and tensor.is_floating_point() and bool(tensor.isnan().any())
         if reshaped or copied:
             raise NluftError(
-                f"model.name_or_path: {name!r}: {param_name} is converted while loading, so its "
-                "weights cannot be read per shard; set strategy.fsdp_meta_init=false"
+                f"model.name_or_path: {name!r}: {param_name} is converted or copied while loading, "
+                "so its weights cannot be read per shard; set strategy.fsdp_meta_init=false"
             )
 
 
