@@ -112,7 +112,7 @@ def main(
         return info
     cfg, loss_fn = prepare_distill(cfg, task, tokenizer, data, strategy)
     with strategy.model_init_context():
-        model = build_model(cfg.model, task, tokenizer, cfg.peft)
+        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
     compile_model(model, cfg.train)  # in place and lazy: the first forward compiles
     strategy.setup(model, plan)
     create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)

@@ -155,6 +155,8 @@ class StrategyConfig(Section):
     # fsdp only
     fsdp_cpu_offload: bool | None = None
     fsdp_reshard_after_forward: bool | None = None
+    # Meta-device initialisation (default on): each rank reads only its shard of the weights.
+    fsdp_meta_init: bool | None = None
 
     @model_validator(mode="after")
     def _check_backend_keys(self) -> StrategyConfig:
@@ -174,7 +176,7 @@ class StrategyConfig(Section):
 
 
 DEEPSPEED_KEYS = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
-FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward")
+FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward", "fsdp_meta_init")
 
 
 class ClassificationConfig(Section):

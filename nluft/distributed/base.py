@@ -80,6 +80,12 @@ class Strategy(ABC):
         """Context in which the model is constructed (ZeRO-3 partitions while loading)."""
         return contextlib.nullcontext()
 
+    @property
+    def defers_weights(self) -> bool:
+        """Whether `setup` reads the pre-trained weights itself, per shard (FSDP2 meta init):
+        the model is then built with `build_model(lazy=True)`."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         """Backend-specific derived settings for --dry-run and plan.json (the DeepSpeed JSON)."""
         return {}
