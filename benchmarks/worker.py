@@ -1,7 +1,8 @@
 """One rank of a benchmark case: nluft or the Hugging Face Trainer, measured by the same probes.
 
 The probes are global torch hooks, so neither framework is changed or wrapped:
-- after every optimizer step: the wall time and the peak RSS so far;
+- after every optimizer step: the wall time, the process's CPU time (all its threads: a figure
+  that other programs on a shared machine inflate much less than wall time) and the peak RSS;
 - before every training forward of the word-embedding table: real (non-pad) tokens and slots.
 Run by benchmarks/vs_hf_trainer.py (directly, or under torchrun for 2 processes).
 """
@@ -28,6 +29,7 @@ class Probes:
     def __init__(self, vocab_size: int, pad_id: int) -> None:
         self.vocab_size, self.pad_id = vocab_size, pad_id
         self.steps: list[float] = []
+        self.cpu: list[float] = []
         self.peak_rss = 0
         self.forwards: list[tuple[float, int, int, int]] = []
 
@@ -53,6 +55,7 @@ class Probes:
 
     def on_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.steps.append(time.time())
+        self.cpu.append(time.process_time())
         self.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def dump(self, path: Path, rank: int, world_size: int) -> None:
@@ -61,6 +64,7 @@ class Probes:
             "world_size": world_size,
             "process_start": PROCESS_START,
             "steps": self.steps,
+            "cpu": self.cpu,
             "peak_rss": self.peak_rss,
             "forwards": self.forwards,
         }
@@ -78,6 +82,7 @@ def nluft_overrides(args: argparse.Namespace, world_size: int) -> list[str]:
         f"train.logging_steps={args.steps}",
         f"strategy.name={'ddp' if world_size > 1 else 'single'}",
         "tracking.progress_bar=false",
+        *args.set,  # a benchmarked option, e.g. train.torch_compile=true
     ]
 
 
@@ -160,6 +165,9 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--pad-id", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--set", action="append", default=[], help="nluft: one more key=value override"
+    )
     args = parser.parse_args()
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     args.out.mkdir(parents=True, exist_ok=True)

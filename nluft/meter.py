@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
-
 
 class Meter:
     """Loss and throughput over the current logging window."""
@@ -15,14 +13,17 @@ class Meter:
         self.reset()
 
     def reset(self) -> None:
-        self.losses: list[float] = []  # one per optimizer step: this rank's weighted sum
-        self.step_loss = 0.0
+        # One per optimizer step: this rank's weighted sum, a float or a detached 0-d tensor
+        # (kept on the device until `summary`, so logging is the only host-device sync).
+        self.losses: list[Any] = []
+        self.step_loss: Any = 0.0
         self.real_tokens = self.slots = self.window_examples = self.micro = 0
         self.squared_lengths = 0  # sum of length^2 over sequences: the attention work
         self.start = time.perf_counter()
 
-    def add(self, loss: float, attention_mask: Any, examples: int) -> None:
-        """One micro-batch: its weighted loss (see `MicroBatch.weight`) and its tokens."""
+    def add(self, loss: Any, attention_mask: Any, examples: int) -> None:
+        """One micro-batch: its weighted loss (see `MicroBatch.weight`) and its tokens (pass
+        the host-side mask: counting on a device would wait for it)."""
         self.step_loss += loss
         self.real_tokens += int(attention_mask.sum())
         self.squared_lengths += int((attention_mask.sum(dim=1) ** 2).sum())
@@ -38,7 +39,8 @@ class Meter:
     def summary(self, world_size: int) -> dict[str, float]:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         return {
-            "loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+            # sum() of device tensors stays there: one sync for the whole window
+            "loss": float(sum(self.losses)) / len(self.losses) if self.losses else float("nan"),
             "examples_per_s": self.window_examples * world_size / elapsed,
             "tokens_per_s": self.real_tokens * world_size / elapsed,
             "padding_efficiency": self.real_tokens / max(1, self.slots),

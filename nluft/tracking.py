@@ -67,6 +67,11 @@ class Tracker:
                 mininterval=1.0,
             )
 
+    @property
+    def shows_progress(self) -> bool:
+        """A progress bar is drawn (it shows the loss of every step)."""
+        return self.bar is not None
+
     def advance(self, step: int, loss: float, examples_per_s: float) -> None:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)

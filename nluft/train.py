@@ -10,7 +10,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
 from nluft.meter import Meter, throughput
 from nluft.models import build_model, build_tokenizer, count_parameters
+from nluft.models.compile import CompileClock, compile_model
 from nluft.models.packing import check_packing, enable_packing
 from nluft.models.peft import describe_parameters, num_parameters
 from nluft.preemption import StopFlag, requeue_after_stop, will_requeue
@@ -66,6 +67,7 @@ class Run:
     loss_fn: LossFn  # the task's loss, or distillation around it (nluft/distill)
     # After each validation: (step, metrics) -> stop? e.g. a search trial's pruner (rank 0 asks).
     reporter: Callable[[int, dict[str, float]], bool] | None = None
+    compile_clock: CompileClock = field(default_factory=lambda: CompileClock(False))
 
     @property
     def pad_id(self) -> int:
@@ -112,9 +114,10 @@ def main(
         return info
     cfg, loss_fn = prepare_distill(cfg, task, tokenizer, data, strategy)
     with strategy.model_init_context():
-        model = build_model(cfg.model, task, tokenizer, cfg.peft)
+        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
     if cfg.data.packing:
         enable_packing(model)
+    compile_model(model, cfg.train)  # in place and lazy: the first forward compiles
     strategy.setup(model, plan)
     create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
@@ -133,6 +136,7 @@ def main(
         StopFlag(),
         loss_fn,
         reporter,
+        CompileClock(cfg.train.torch_compile),
     )
     record_start(run, memory)
     state = resume_state(run) if resume else TrainState()
@@ -193,7 +197,9 @@ def train(run: Run, state: TrainState) -> TrainState:
             micro = micro_batches[i]
             if micro.first_in_group:
                 group_start = (i, rng_state())
+            compiling = run.compile_clock.seconds()
             loss, mask = forward_backward(run, micro)
+            meter.start += run.compile_clock.seconds() - compiling  # compiling is not training
             meter.add(loss, mask, micro.examples)
             state.batch_in_epoch = i + 1
             if not micro.last_in_group:
@@ -217,16 +223,19 @@ def train(run: Run, state: TrainState) -> TrainState:
     return state
 
 
-def forward_backward(run: Run, micro: MicroBatch) -> tuple[float, Any]:
+def forward_backward(run: Run, micro: MicroBatch) -> tuple[Any, Any]:
     """One micro-batch: forward, its loss weighted by its share of the step, backward.
 
-    Returns the weighted loss (its part of the step's loss, times the world size) and the
-    attention mask, for the meter.
+    Returns the weighted loss (its part of the step's loss, times the world size) as a detached
+    tensor, read only when a step is logged (no host-device sync per micro-batch), and the
+    host-side attention mask, for the meter.
     """
     strategy = run.strategy
-    batch = collate(run.train_features[micro.indices], run.pad_id)
-    labels = batch.pop("labels").to(strategy.device)
-    inputs = {k: v.to(strategy.device) for k, v in batch.items()}
+    batch = collate(
+        run.train_features[micro.indices], run.pad_id, run.cfg.data.pad_to_multiple_of or 1
+    )
+    labels = batch.pop("labels").to(strategy.device, non_blocking=True)
+    inputs = {k: v.to(strategy.device, non_blocking=True) for k, v in batch.items()}
     with nullcontext() if micro.last_in_group else strategy.no_sync():
         with strategy.autocast():
             outputs = strategy.model(**inputs, **run.loss_fn.forward_kwargs)  # type: ignore[misc]
@@ -237,7 +246,7 @@ def forward_backward(run: Run, micro: MicroBatch) -> tuple[float, Any]:
                 else head_output(outputs, inputs["attention_mask"]).sum() * 0.0
             )
         strategy.backward(loss * micro.weight)
-    return float(loss.detach()) * micro.weight, inputs["attention_mask"]
+    return loss.detach() * micro.weight, batch["attention_mask"]
 
 
 def stop_inside_group(run: Run, state: TrainState, start: int, rng: dict[str, Any]) -> None:
@@ -327,18 +336,22 @@ def save_due(cfg: Config, state: TrainState, steps_per_epoch: int) -> bool:
 
 
 def log_train(run: Run, state: TrainState, meter: Meter, grad_norm: float | None) -> None:
-    stats = meter.summary(run.strategy.env.world_size)
-    run.tracker.advance(state.global_step, stats["loss"], stats["examples_per_s"])
-    if (
+    due = (
         state.global_step % run.cfg.train.logging_steps == 0
         or state.global_step >= run.plan.total_steps
-    ):
+    )
+    if not (due or run.tracker.shows_progress):
+        return  # the losses stay on the device until a step is logged
+    stats = meter.summary(run.strategy.env.world_size)
+    run.tracker.advance(state.global_step, stats["loss"], stats["examples_per_s"])
+    if due:
         record = {
             **stats,
             "loss": run.strategy.mean(stats["loss"]),
             "learning_rate": run.strategy.learning_rate,
             "grad_norm": grad_norm,
             "epoch": round(state.global_step / run.plan.steps_per_epoch, 4),
+            **run.compile_clock.describe(),
         }
         run.tracker.log(state.global_step, "train", record)
         state.train_seconds += time.perf_counter() - meter.start
@@ -439,13 +452,18 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
     best = {"best_step": state.best_step, "best_metric": state.best_metric}
     run.tracker.summarize(results, {**best, "global_step": state.global_step}, export_dir)
     if strategy.env.is_main:
-        speed = throughput(state, strategy.env.world_size)
+        speed = {**throughput(state, strategy.env.world_size), **run.compile_clock.describe()}
         (run.run_dir / "results").mkdir(exist_ok=True)
         write_atomic(run.run_dir / "results" / "train.json", json.dumps(speed, indent=2))
         print(
             f"train: {speed['steps']} steps in {speed['train_seconds']:.0f} s, "
             f"{speed['examples_per_s']:.1f} examples/s, {speed['tokens_per_s']:.0f} tokens/s, "
-            f"padding efficiency {speed['padding_efficiency']:.3f}",
+            f"padding efficiency {speed['padding_efficiency']:.3f}"
+            + (
+                f", {speed['compile_seconds']:.0f} s compiling"
+                if "compile_seconds" in speed
+                else ""
+            ),
             flush=True,
         )
         keys = [

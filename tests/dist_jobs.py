@@ -12,13 +12,20 @@ JOBS.json is a list of
     {"kind": "eval", "run_dir": D, "split": S, "strategy": "ddp",       metrics and predictions
      "overrides": [...], "out": "FILE.json", "export_dir": E}           of D/export (or E) on
                                                                         all ranks of the launch
+    {"kind": "stop", "argv": ["train", ...], "rank": R, "when": P}       SIGTERM to rank R once
+                                                                        file P exists; exit 3
+    {"kind": "nan_step", "overrides": [...], "out": "FILE.json"}       a NaN loss on step 2 of 3
+                                                                        (tests/nan_step_job.py)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,35 @@ def run_cli(job: dict[str, Any]) -> None:
     code = main(job["argv"])
     if code != 0:
         raise SystemExit(code)
+
+
+def signal_when(path: Path) -> threading.Thread:
+    """SIGTERM to this process once `path` exists (a run's plan.json, written just before its
+    loop): it arrives within the run's first micro-batches."""
+
+    def wait_then_signal() -> None:
+        deadline = time.monotonic() + 120
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=wait_then_signal, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_stop(job: dict[str, Any]) -> None:
+    """`nluft train` stopped by a SIGTERM to rank `job["rank"]` once `job["when"]` exists; every
+    rank must end with the stop code 3 (the checkpoint written, the run resumable)."""
+    from nluft.cli import main
+    from nluft.distributed import read_dist_env
+
+    thread = signal_when(Path(job["when"])) if read_dist_env().rank == job["rank"] else None
+    code = main(job["argv"])
+    if thread is not None:
+        thread.join()
+    if code != 3:
+        raise SystemExit(f"stop job: exit code {code}, not the stop code 3")
 
 
 def run_eval(job: dict[str, Any]) -> None:
@@ -74,7 +110,13 @@ def run_eval(job: dict[str, Any]) -> None:
     strategy.close()
 
 
-KINDS = {"cli": run_cli, "eval": run_eval}
+def run_nan_step(job: dict[str, Any]) -> None:
+    from nan_step_job import run_nan_step
+
+    run_nan_step(job)
+
+
+KINDS = {"cli": run_cli, "eval": run_eval, "nan_step": run_nan_step, "stop": run_stop}
 
 
 def run_jobs(jobs: list[dict[str, Any]]) -> None:

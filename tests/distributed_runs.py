@@ -73,6 +73,30 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def launch(nproc: int, jobs: list[dict[str, Any]], path: Path) -> None:
+    """One torchrun launch of tests/dist_jobs.py running `jobs` in order on every rank."""
+    path.write_text(json.dumps(jobs))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=localhost:{free_port()}",
+        str(ROOT / "tests" / "dist_jobs.py"),
+        str(path),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 def cached_dir(factory: pytest.TempPathFactory, name: str) -> tuple[Path, bool]:
     """A directory under the session's base temp dir; True when a previous test already made it."""
     path = factory.getbasetemp() / name

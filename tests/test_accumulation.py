@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -277,21 +274,6 @@ def test_accumulation_larger_than_an_epoch_steps_once_per_epoch(
     assert plan["steps_per_epoch"] == 1 and plan["total_steps"] == 2
 
 
-def stop_when_training(run_dir: Path) -> threading.Thread:
-    """SIGTERM to this process once the run has set up (plan.json is written just before the
-    loop): it arrives within the first accumulation group, long before that group ends."""
-
-    def wait_then_signal() -> None:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "plan.json").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    thread = threading.Thread(target=wait_then_signal, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_stop_inside_a_long_accumulation_group_and_resume_redoes_it(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
@@ -308,7 +290,7 @@ def test_stop_inside_a_long_accumulation_group_and_resume_redoes_it(
     whole = tmp_path / "whole"
     dist_jobs.run_jobs([{"kind": "cli", "argv": ["train", str(config), f"output_dir={whole}"]}])
     run_dir = tmp_path / "run"
-    thread = stop_when_training(run_dir)
+    thread = dist_jobs.signal_when(run_dir / "plan.json")
     with pytest.raises(SystemExit) as stopped:
         dist_jobs.run_jobs([{"kind": "cli", "argv": ["train", str(config)]}])
     thread.join()

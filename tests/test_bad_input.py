@@ -265,6 +265,19 @@ CASES = [
         files=raw_file("in.jsonl", '{"text": "a"}\n{bad\n'),
         args=["predict", "{run}", "--input", "{dir}/in.jsonl"],
     ),
+    # --- compute options (issue 15) -----------------------------------------------------------
+    Case(
+        "torch_compile under deepspeed",
+        "train.torch_compile: supported with strategy.name single or ddp",
+        ["train.torch_compile=true", "strategy.name=deepspeed"],
+    ),
+    Case(
+        "flash attention on the cpu",
+        "model.attn_implementation: flash_attention_2 needs a CUDA GPU",
+        ["model.attn_implementation=flash_attention_2", "train.device=cpu"],
+    ),
+    Case("attention typo", "model.attn_implementation", ["model.attn_implementation=flash"]),
+    Case("pad multiple zero", "data.pad_to_multiple_of", ["data.pad_to_multiple_of=0"]),
 ]
 
 

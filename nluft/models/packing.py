@@ -52,6 +52,10 @@ def check_packing(cfg: Config) -> None:
             f"data.packing: not supported with strategy.name={cfg.strategy.name} (packed batches "
             f"run on {' and '.join(STRATEGIES)}); set data.packing=false or strategy.name=ddp"
         )
+    if getattr(cfg.train, "torch_compile", False):  # the hooks' data-dependent shapes: unverified
+        raise NluftError(
+            "data.packing: not supported with train.torch_compile; set one of them to false"
+        )
     if cfg.distill.teacher is not None:
         raise NluftError(
             "data.packing: not supported with distillation (distill.teacher); "

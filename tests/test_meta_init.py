@@ -1,0 +1,116 @@
+"""FSDP2 meta-device initialisation (strategy.fsdp_meta_init, on by default) on 2 gloo ranks.
+
+One torchrun launch of tests/meta_init_check.py builds each case the way `nluft train` does
+under fsdp: the pre-trained weights stay placeholders until `fully_shard` has split the model on
+the meta device, then each rank reads only its rows from the safetensors file. The oracle is the
+ordinary single-process `build_model` from the same seed: the gathered state dict must equal it
+tensor for tensor (head, LoRA adapters, grown embedding rows, dtypes), and the backbone must equal
+the checkpoint file. Peak memory is measured by benchmarks/load_memory.py (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT
+from distributed_runs import free_port, write_config
+from test_peft_distributed import tiny_decoder
+
+from nluft.config import load_config
+from nluft.errors import NluftError
+from nluft.models.lazy import INDEX_FILE
+
+pytestmark = pytest.mark.distributed
+
+BF16 = ["model.torch_dtype=bfloat16", "train.precision=bf16"]
+LORA = ["peft.r=4", "peft.alpha=8"]
+
+
+def sharded_files(out: Path, model: Path) -> Path:
+    """The tiny BERT saved as several safetensors files plus an index, as large models ship."""
+    import transformers
+
+    transformers.BertModel.from_pretrained(str(model)).save_pretrained(
+        str(out), safe_serialization=True, max_shard_size="200KB"
+    )
+    transformers.AutoTokenizer.from_pretrained(str(model)).save_pretrained(str(out))
+    assert len(list(out.glob("*.safetensors"))) > 1 and (out / INDEX_FILE).is_file()
+    return out
+
+
+def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
+    llama = tiny_decoder(tmp / "tiny-llama", "llama", model)
+    shards = sharded_files(tmp / "tiny-bert-sharded", model)
+    relation = [
+        f"model.name_or_path={model}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.validation_file=null",
+        "data.test_file=null",
+    ]
+    plain = {
+        "classification": (config, []),
+        # peft copies the pre-trained pooler to train it in full
+        "classification-lora": (config, [*LORA, "peft.modules_to_save=[pooler]"]),
+        "classification-bf16": (config, BF16),  # loaded in bf16, trained in fp32
+        "classification-lora-bf16": (config, [*LORA, *BF16]),
+        "relation": (ROOT / "configs" / "relation.yaml", relation),  # markers grow the vocab
+        "relation-lora": (ROOT / "configs" / "relation.yaml", [*relation, *LORA]),
+        "llama-lora": (config, [f"model.name_or_path={llama}", *LORA]),
+        "classification-sharded-files": (config, [f"model.name_or_path={shards}"]),
+    }
+    return [
+        {"name": name, "config": str(path), "overrides": ["strategy.name=fsdp", *extra]}
+        for name, (path, extra) in plain.items()
+    ]
+
+
+@pytest.fixture(scope="module")
+def results(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, sentiment_files: dict
+) -> dict[str, dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("meta-init")
+    config = write_config(tmp / "tiny.yaml", tiny_model_dir, sentiment_files, tmp / "cache")
+    (tmp / "cases.json").write_text(json.dumps(cases(tmp, config, tiny_model_dir)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+    cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{free_port()}"]
+    cmd += [str(ROOT / "tests" / "meta_init_check.py"), str(tmp / "cases.json")]
+    cmd += [str(tmp / "out.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r["name"]: r for r in json.loads((tmp / "out.json").read_text())}
+
+
+def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
+    for name, result in results.items():
+        assert result["mismatched"] == [], (name, result["mismatched"])
+        # Nothing pre-trained was read before sharding but relation's embedding matrix: its
+        # new marker rows are drawn from the old rows' mean and covariance.
+        early = ["encoder.embeddings.word_embeddings.weight"] if name == "relation" else []
+        assert [n.replace("base_model.model.", "") for n in result["read_early"]] == early, name
+        assert result["placeholders"] > 0, name
+        assert result["local_fraction"] == pytest.approx(0.5, abs=0.02), name
+        assert result["buffers"] and result["buffers_equal"], (name, result["buffers"])
+        # The same random draws as an ordinary build: later dropout masks match too.
+        assert result["rng_equal"], name
+
+
+def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -> None:
+    fp32 = ("classification", "classification-lora", "relation", "llama-lora")
+    for name in (*fp32, "classification-sharded-files"):
+        matches = results[name]["from_checkpoint"]
+        assert matches and all(matches.values()), (name, matches)
+    for name in ("classification", "relation"):
+        for key, std in results[name]["head"].items():
+            assert 0.01 < std < 0.04, (name, key, std)  # initializer_range 0.02, not zeros
+
+
+def test_meta_init_is_an_fsdp_key(tiny_config: Path) -> None:
+    with pytest.raises(NluftError, match=r"fsdp_meta_init: applies only to strategy\.name=fsdp"):
+        load_config(tiny_config, ["strategy.fsdp_meta_init=false"])
