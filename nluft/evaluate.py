@@ -161,6 +161,23 @@ def write_predictions(
     return written
 
 
+def write_confusion_matrix(
+    out_dir: Path, task: Task, split: str, examples: Dataset, predictions: list[Any]
+) -> list[list[int]]:
+    """`SPLIT_confusion_matrix.json` (rows are references, columns predictions); returns it."""
+    import json
+
+    from nluft.metrics import confusion_matrix
+
+    refs = task.references(examples)
+    matrix = confusion_matrix(predictions, refs, len(task.label_names)).tolist()
+    payload = {"labels": task.label_names, "rows_are": "reference", "matrix": matrix}
+    tmp = out_dir / f".{split}_confusion_matrix.json.tmp"
+    tmp.write_text(json.dumps(payload), encoding="utf-8")
+    tmp.replace(out_dir / f"{split}_confusion_matrix.json")
+    return matrix
+
+
 def load_run_config(run_dir: Path, overrides: list[str]) -> Config:
     """The config a run was trained with (its saved config.yaml), plus optional overrides."""
     path = run_dir / "config.yaml"

@@ -36,7 +36,13 @@ from nluft.distributed import Strategy, build_strategy, read_dist_env
 from nluft.distributed.base import StepResult
 from nluft.distributed.heartbeat import Heartbeat
 from nluft.errors import NluftError
-from nluft.evaluate import EvaluationStopped, head_output, score_split, write_predictions
+from nluft.evaluate import (
+    EvaluationStopped,
+    head_output,
+    score_split,
+    write_confusion_matrix,
+    write_predictions,
+)
 from nluft.hardware import describe_hardware
 from nluft.memory import configured_line
 from nluft.meter import Meter, throughput
@@ -455,15 +461,12 @@ def finish(run: Run, state: TrainState) -> dict[str, Any]:
         speed = {**throughput(state, strategy.env.world_size), **run.compile_clock.describe()}
         (run.run_dir / "results").mkdir(exist_ok=True)
         write_atomic(run.run_dir / "results" / "train.json", json.dumps(speed, indent=2))
+        compiling = speed.get("compile_seconds")
         print(
             f"train: {speed['steps']} steps in {speed['train_seconds']:.0f} s, "
             f"{speed['examples_per_s']:.1f} examples/s, {speed['tokens_per_s']:.0f} tokens/s, "
             f"padding efficiency {speed['padding_efficiency']:.3f}"
-            + (
-                f", {speed['compile_seconds']:.0f} s compiling"
-                if "compile_seconds" in speed
-                else ""
-            ),
+            + (f", {compiling:.0f} s compiling" if compiling is not None else ""),
             flush=True,
         )
         keys = [
@@ -488,14 +491,5 @@ def save_results(
         out, run.task, split, data.examples[split], data.features[split], predictions, logits
     )
     if run.task.has_confusion_matrix:
-        from nluft.metrics import confusion_matrix
-
-        refs = run.task.references(run.data.examples[split])
-        matrix = confusion_matrix(predictions, refs, len(run.task.label_names))
-        payload = {
-            "labels": run.task.label_names,
-            "rows_are": "reference",
-            "matrix": matrix.tolist(),
-        }
-        write_atomic(out / f"{split}_confusion_matrix.json", json.dumps(payload))
-        run.tracker.log_confusion_matrix(split, run.task.label_names, matrix.tolist())
+        matrix = write_confusion_matrix(out, run.task, split, data.examples[split], predictions)
+        run.tracker.log_confusion_matrix(split, run.task.label_names, matrix)
