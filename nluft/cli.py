@@ -26,6 +26,15 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    for add in (add_train_verbs, add_inference_verbs, add_run_verbs, add_search_verb):
+        add(verbs)
+    if extend is not None:
+        extend(verbs)
+    return parser
+
+
+def add_train_verbs(verbs: Any) -> None:
+    """train and distill."""
     train = verbs.add_parser("train", help="fine-tune from a YAML config")
     train.add_argument("config", help="YAML config (see configs/)")
     train.add_argument(
@@ -58,6 +67,9 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     ):
         distill.add_argument(flag, action="store_true", help=text)
 
+
+def add_inference_verbs(verbs: Any) -> None:
+    """eval and predict: they use a run's export."""
     evaluate = verbs.add_parser("eval", help="evaluate a run's exported model on a split")
     evaluate.add_argument("run_dir", type=Path)
     evaluate.add_argument(
@@ -80,15 +92,10 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     predict.add_argument(
         "--export", type=Path, help="exported model to use (default RUN_DIR/export), e.g. int8"
     )
-    add_run_verbs(verbs)
-    add_search_verb(verbs)
-    if extend is not None:
-        extend(verbs)
-    return parser
 
 
-def add_run_verbs(verbs: Any) -> None:
-    """Verbs that read or check runs and data: export, check-data, report, sweep-summary."""
+def add_export_verbs(verbs: Any) -> None:
+    """export and bench-infer."""
     export = verbs.add_parser(
         "export", help="write a run's best/latest checkpoint (or a given one) as a HF folder"
     )
@@ -130,6 +137,11 @@ def add_run_verbs(verbs: Any) -> None:
     bench.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     bench.add_argument("--json", type=Path, help="also write the measurements to this file")
 
+
+def add_run_verbs(verbs: Any) -> None:
+    """Verbs that read runs or check data: export, bench-infer, check-data, plan, report,
+    sweep-summary."""
+    add_export_verbs(verbs)
     check = verbs.add_parser(
         "check-data", help="report data problems before training (exit 1 on errors)"
     )
