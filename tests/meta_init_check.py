@@ -2,9 +2,10 @@
 
     python -m torch.distributed.run --nproc-per-node 2 ... tests/meta_init_check.py CASES OUT
 
-CASES (JSON) lists {"name", "config", "overrides"} (the overrides select strategy.name=fsdp).
-For each case every rank builds the model as `nluft train` does under fsdp (placeholders, then
-`FSDPStrategy.setup` shards and reads its rows); rank 0 gathers the full state dict and compares
+CASES (JSON) lists {"name", "config", "overrides"} (the overrides select strategy.name=fsdp, or
+deepspeed with zero_stage=3). For each case every rank builds the model as `nluft train` does
+(placeholders, then `FSDPStrategy.setup` shards and reads its rows, or `DeepSpeedStrategy.setup`
+partitions and reads each rank's partitions); rank 0 gathers the full state dict and compares
 it, tensor by tensor, with `build_model` run the ordinary way in one process from the same seed,
 and with the pre-trained checkpoint file itself. OUT (JSON) gets one record per case.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import transformers
 from safetensors.torch import load_file
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 
 def build(cfg: Any, strategy: Any) -> tuple[Any, dict[str, str]]:
@@ -36,7 +38,8 @@ def build(cfg: Any, strategy: Any) -> tuple[Any, dict[str, str]]:
         data = build_data(cfg, task, tokenizer, True, lambda: None)
         return build_model(cfg.model, task, tokenizer, cfg.peft), {}
     data = build_data(cfg, task, tokenizer, strategy.env.is_main, strategy.barrier)
-    model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
+    with strategy.model_init_context():  # deepspeed: the group (and, not lazy, zero.Init)
+        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
     weights = deferred_weights(model)
     pending = weights.pending(model) if weights is not None else {}
     strategy.setup(model, build_plan(cfg, strategy.env.world_size, len(data.features["train"])))
@@ -61,9 +64,10 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     read_early = sorted(n for n in named if checkpoint_key(n, keys) and n not in pending)
     rng_sharded = torch.get_rng_state()
     local = sum(strategy.local_numel(p) for p in strategy.unwrapped().parameters())
-    total = sum(p.numel() for p in strategy.unwrapped().parameters())
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in strategy.unwrapped().parameters())
     sharded = strategy.export_state_dict()
     strategy.barrier()
+    unset_hf_deepspeed_config()  # the reference below is an ordinary build
     if sharded is None:
         return None
     # Non-persistent buffers (position_ids, token_type_ids) are in no state dict; FSDP2 leaves
@@ -72,6 +76,8 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     reference, _ = build(cfg, None)
     expected_buffers = dict(reference.named_buffers())
     expected = reference.state_dict()
+    if cfg.strategy.name == "deepspeed":  # its export holds every buffer, as fp32 copies
+        expected.update(expected_buffers)
     mismatched = sorted(
         k
         for k in set(expected) | set(sharded)

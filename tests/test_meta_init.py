@@ -30,6 +30,8 @@ pytestmark = pytest.mark.distributed
 
 BF16 = ["model.torch_dtype=bfloat16", "train.precision=bf16"]
 LORA = ["peft.r=4", "peft.alpha=8"]
+ZERO3 = ["strategy.name=deepspeed", "strategy.zero_stage=3"]
+ZERO3_CASES = ("classification", "classification-lora", "relation", "llama-lora")
 
 
 def sharded_files(out: Path, model: Path) -> Path:
@@ -64,9 +66,14 @@ def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
         "llama-lora": (config, [f"model.name_or_path={llama}", *LORA]),
         "classification-sharded-files": (config, [f"model.name_or_path={shards}"]),
     }
-    return [
+    fsdp = [
         {"name": name, "config": str(path), "overrides": ["strategy.name=fsdp", *extra]}
         for name, (path, extra) in plain.items()
+    ]
+    return fsdp + [
+        {"name": f"zero3-{name}", "config": str(path), "overrides": [*ZERO3, *extra]}
+        for name, (path, extra) in plain.items()
+        if name in ZERO3_CASES
     ]
 
 
@@ -92,7 +99,8 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
         assert result["mismatched"] == [], (name, result["mismatched"])
         # Nothing pre-trained was read before sharding but relation's embedding matrix: its
         # new marker rows are drawn from the old rows' mean and covariance.
-        early = ["encoder.embeddings.word_embeddings.weight"] if name == "relation" else []
+        relation = name.removeprefix("zero3-") == "relation"
+        early = ["encoder.embeddings.word_embeddings.weight"] if relation else []
         assert [n.replace("base_model.model.", "") for n in result["read_early"]] == early, name
         assert result["placeholders"] > 0, name
         assert result["local_fraction"] == pytest.approx(0.5, abs=0.02), name
@@ -103,10 +111,11 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
 
 def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -> None:
     fp32 = ("classification", "classification-lora", "relation", "llama-lora")
-    for name in (*fp32, "classification-sharded-files"):
+    zero3 = [f"zero3-{name}" for name in fp32]
+    for name in (*fp32, *zero3, "classification-sharded-files"):
         matches = results[name]["from_checkpoint"]
         assert matches and all(matches.values()), (name, matches)
-    for name in ("classification", "relation"):
+    for name in ("classification", "relation", "zero3-classification", "zero3-relation"):
         for key, std in results[name]["head"].items():
             assert 0.01 < std < 0.04, (name, key, std)  # initializer_range 0.02, not zeros
 
