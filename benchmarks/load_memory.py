@@ -29,6 +29,11 @@ BF16 = ["model.torch_dtype=bfloat16", "train.precision=bf16"]
 CASES: dict[str, list[str]] = {
     "ddp": ["strategy.name=ddp"],
     "ddp-bf16-lora": ["strategy.name=ddp", *BF16, *LORA],
+    "zero3-no-lazy": [
+        "strategy.name=deepspeed",
+        "strategy.zero_stage=3",
+        "strategy.zero3_lazy_init=false",
+    ],
     "zero3": ["strategy.name=deepspeed", "strategy.zero_stage=3"],
     "zero3-bf16-lora": ["strategy.name=deepspeed", "strategy.zero_stage=3", *BF16, *LORA],
     "fsdp-no-meta": ["strategy.name=fsdp", "strategy.fsdp_meta_init=false"],

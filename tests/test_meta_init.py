@@ -123,3 +123,30 @@ def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -
 def test_meta_init_is_an_fsdp_key(tiny_config: Path) -> None:
     with pytest.raises(NluftError, match=r"fsdp_meta_init: applies only to strategy\.name=fsdp"):
         load_config(tiny_config, ["strategy.fsdp_meta_init=false"])
+
+
+def test_zero3_lazy_init_falls_back_to_the_ordinary_load(
+    tiny_config: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What cannot be read per partition loads as before (zero.Init inside from_pretrained)."""
+    import torch
+    import transformers
+
+    from nluft.models.build import defers_loading
+
+    def defers(*overrides: str) -> bool:
+        cfg = load_config(tiny_config, [*ZERO3, *overrides])
+        return defers_loading(cfg.model, cfg.peft)
+
+    pickled = tmp_path / "pickled"  # no safetensors: pytorch_model.bin only
+    model = transformers.BertModel.from_pretrained(str(tiny_model_dir))
+    model.config.save_pretrained(str(pickled))
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    assert defers() and defers(*LORA)
+    assert not defers(f"model.name_or_path={pickled}")
+    assert not defers("model.name_or_path=some-org/some-hub-model")
+    assert not defers(*LORA, "peft.options={init_lora_weights: pissa}")
+    with pytest.raises(
+        NluftError, match=r"zero3_lazy_init: applies only to strategy\.name=deepspeed"
+    ):
+        load_config(tiny_config, ["strategy.zero3_lazy_init=false"])
