@@ -283,8 +283,7 @@ def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_conf
     grown rows) from the same seed, and each rank copies only its own partition of a
     pre-trained tensor from the safetensors file (`DeferredWeights.read_flat`). ZeRO-3 splits the
     flattened parameter, padded to a multiple of the world size, into equal partitions. A rank's
-    peak is its partitions plus one parameter in flight (the placeholder expanded while
-    DeepSpeed partitions it), never the whole model.
+    peak is its partitions plus the rows of one tensor in flight, never the whole model.
     """
     import deepspeed
 
@@ -304,8 +303,8 @@ def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_conf
 def partition_one(init: Any, param: Any, key: str | None, weights: DeferredWeights) -> None:
     """Make `param` a ZeRO-3 parameter; a placeholder's partition is read from the checkpoint."""
     dtype = init.dtype if param.is_floating_point() else param.dtype
-    if key is not None:
-        param.data = weights.placeholder(key, list(param.shape), dtype)
+    if key is not None:  # uninitialised: DeepSpeed touches only this rank's partition of it
+        param.data = torch.empty(param.shape, dtype=dtype, device=init.local_device)
     else:
         param.data = param.data.to(init.local_device, dtype)
     init._convert_to_deepspeed_param(param)
