@@ -68,14 +68,20 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     sharded = strategy.export_state_dict()
     strategy.barrier()
     unset_hf_deepspeed_config()  # the reference below is an ordinary build
+    ordinary = ordinary_zero3(case) if case.get("oracle") == "ordinary-zero3" else None
     if sharded is None:
         return None
     # Non-persistent buffers (position_ids, token_type_ids) are in no state dict; FSDP2 leaves
     # them whole on every rank.
     buffers = dict(strategy.unwrapped().named_buffers())
-    reference, _ = build(cfg, None)
-    expected_buffers = dict(reference.named_buffers())
-    expected = reference.state_dict()
+    dtypes = partition_dtypes(strategy)
+    if ordinary is None:
+        reference, _ = build(cfg, None)
+        expected_buffers = dict(reference.named_buffers())
+        expected = reference.state_dict()
+        rng_expected, expected_dtypes = torch.get_rng_state(), dtypes
+    else:
+        expected, expected_buffers, rng_expected, expected_dtypes = ordinary
     if cfg.strategy.name == "deepspeed":  # its export holds every buffer, as fp32 copies
         expected.update(expected_buffers)
     mismatched = sorted(
@@ -85,7 +91,7 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         or k not in sharded
         or expected[k].dtype != sharded[k].dtype
         or not torch.equal(expected[k], sharded[k].to(expected[k].device))
-    )
+    ) + sorted(k for k in dtypes if dtypes[k] != expected_dtypes.get(k))
     from_checkpoint = {
         k: bool(torch.equal(checkpoint[c].to(v.dtype), v))
         for k, v in sharded.items()
@@ -98,7 +104,7 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         "read_early": read_early,
         "keys": len(sharded),
         "mismatched": mismatched,
-        "rng_equal": bool(torch.equal(rng_sharded, torch.get_rng_state())),
+        "rng_equal": bool(torch.equal(rng_sharded, rng_expected)),
         "buffers": sorted(buffers),
         "buffers_equal": buffers.keys() == expected_buffers.keys()
         and all(torch.equal(buffers[k], v) for k, v in expected_buffers.items()),
@@ -106,6 +112,29 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         "local_fraction": local / total,
         "head": {k: float(v.float().std()) for k, v in sharded.items() if is_head(k)},
     }
+
+
+def ordinary_zero3(case: dict[str, Any]) -> Any:
+    """The same case loaded the ordinary ZeRO-3 way (rank 0 reads, zero.Init partitions): its
+    export, buffers, random state after loading and parameter dtypes (rank 0; None elsewhere)."""
+    from nluft.config import load_config
+    from nluft.distributed import build_strategy, read_dist_env
+
+    cfg = load_config(case["config"], [*case["overrides"], "strategy.zero3_lazy_init=false"])
+    strategy = build_strategy(cfg, read_dist_env())
+    build(cfg, strategy)
+    rng = torch.get_rng_state()
+    state = strategy.export_state_dict()
+    strategy.barrier()
+    unset_hf_deepspeed_config()
+    buffers = dict(strategy.unwrapped().named_buffers())
+    return None if state is None else (state, buffers, rng, partition_dtypes(strategy))
+
+
+def partition_dtypes(strategy: Any) -> dict[str, str]:
+    """The dtype each parameter is held in (a ZeRO-3 partition's; {} for other strategies)."""
+    named = strategy.unwrapped().named_parameters()
+    return {n: str(p.ds_tensor.dtype) for n, p in named if hasattr(p, "ds_tensor")}
 
 
 def checkpoint_key(name: str, checkpoint: Any) -> str | None:

@@ -70,11 +70,16 @@ def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
         {"name": name, "config": str(path), "overrides": ["strategy.name=fsdp", *extra]}
         for name, (path, extra) in plain.items()
     ]
-    return fsdp + [
+    zero3 = [
         {"name": f"zero3-{name}", "config": str(path), "overrides": [*ZERO3, *extra]}
         for name, (path, extra) in plain.items()
         if name in ZERO3_CASES
     ]
+    # bf16: the oracle is the ordinary ZeRO-3 load (values, and each partition's dtype: bf16
+    # base, fp32 adapters and head copy).
+    bf16 = [*ZERO3, *LORA, *BF16, "peft.modules_to_save=[pooler]"]
+    ordinary = {"name": "zero3-lora-bf16", "config": str(config), "overrides": bf16}
+    return [*fsdp, *zero3, {**ordinary, "oracle": "ordinary-zero3"}]
 
 
 @pytest.fixture(scope="module")

@@ -278,8 +278,8 @@ class DeepSpeedStrategy(GroupCollectives):
 def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_config: Any) -> None:
     """ZeRO-3 partitioned initialisation of a placeholder model, one parameter at a time.
 
-    Each parameter becomes a ZeRO-3 parameter as `zero.Init` makes it (same dtype, device,
-    persistence), without its broadcast: every rank made the same new tensors (head, adapters,
+    Each parameter becomes a ZeRO-3 parameter as the ordinary ZeRO-3 load makes it (same dtype,
+    device, persistence), without `zero.Init`'s broadcast: every rank made the same new tensors (head, adapters,
     grown rows) from the same seed, and each rank copies only its own partition of a
     pre-trained tensor from the safetensors file (`DeferredWeights.read_flat`). ZeRO-3 splits the
     flattened parameter, padded to a multiple of the world size, into equal partitions. A rank's
@@ -289,9 +289,13 @@ def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_conf
 
     init = deepspeed.zero.Init(config_dict_or_path=ds_config)  # not entered: converts by hand
     pending = weights.pending(model)
+    adapters = hasattr(model, "peft_config")
     with torch.no_grad():
         for name, param in model.named_parameters():
-            partition_one(init, param, pending.get(name), weights)
+            # As in the ordinary load: zero.Init casts what from_pretrained makes to the
+            # training dtype; peft's trainable tensors (adapters, copied modules) keep theirs.
+            dtype = param.dtype if adapters and param.requires_grad else init.dtype
+            partition_one(init, param, pending.get(name), weights, dtype)
         for name, buffer in model.named_buffers():
             key = pending.get(name)
             source = buffer if key is None else weights.read(key)
@@ -300,9 +304,12 @@ def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_conf
     weights.bases.clear()
 
 
-def partition_one(init: Any, param: Any, key: str | None, weights: DeferredWeights) -> None:
-    """Make `param` a ZeRO-3 parameter; a placeholder's partition is read from the checkpoint."""
-    dtype = init.dtype if param.is_floating_point() else param.dtype
+def partition_one(
+    init: Any, param: Any, key: str | None, weights: DeferredWeights, dtype: torch.dtype
+) -> None:
+    """Make `param` a ZeRO-3 parameter in `dtype`; a placeholder's partition is read from the
+    checkpoint."""
+    dtype = dtype if param.is_floating_point() else param.dtype
     if key is not None:  # uninitialised: DeepSpeed touches only this rank's partition of it
         param.data = torch.empty(param.shape, dtype=dtype, device=init.local_device)
     else:
