@@ -279,11 +279,12 @@ def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_conf
     """ZeRO-3 partitioned initialisation of a placeholder model, one parameter at a time.
 
     Each parameter becomes a ZeRO-3 parameter as the ordinary ZeRO-3 load makes it (same dtype,
-    device, persistence), without `zero.Init`'s broadcast: every rank made the same new tensors (head, adapters,
-    grown rows) from the same seed, and each rank copies only its own partition of a
-    pre-trained tensor from the safetensors file (`DeferredWeights.read_flat`). ZeRO-3 splits the
-    flattened parameter, padded to a multiple of the world size, into equal partitions. A rank's
-    peak is its partitions plus the rows of one tensor in flight, never the whole model.
+    device, persistence), without `zero.Init`'s broadcast: every rank made the same new tensors
+    (head, adapters, grown rows) from the same seed, and each rank copies only its own partition
+    of a pre-trained tensor from the safetensors file (`DeferredWeights.read_flat`). ZeRO-3
+    splits the flattened parameter, padded to a multiple of the world size, into equal
+    partitions. A rank's peak is its partitions plus the rows of one tensor in flight, never the
+    whole model.
     """
     import deepspeed
 
