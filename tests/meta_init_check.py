@@ -2,9 +2,10 @@
 
     python -m torch.distributed.run --nproc-per-node 2 ... tests/meta_init_check.py CASES OUT
 
-CASES (JSON) lists {"name", "config", "overrides"} (the overrides select strategy.name=fsdp).
-For each case every rank builds the model as `nluft train` does under fsdp (placeholders, then
-`FSDPStrategy.setup` shards and reads its rows); rank 0 gathers the full state dict and compares
+CASES (JSON) lists {"name", "config", "overrides"} (the overrides select strategy.name=fsdp, or
+deepspeed with zero_stage=3). For each case every rank builds the model as `nluft train` does
+(placeholders, then `FSDPStrategy.setup` shards and reads its rows, or `DeepSpeedStrategy.setup`
+partitions and reads each rank's partitions); rank 0 gathers the full state dict and compares
 it, tensor by tensor, with `build_model` run the ordinary way in one process from the same seed,
 and with the pre-trained checkpoint file itself. OUT (JSON) gets one record per case.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import transformers
 from safetensors.torch import load_file
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 
 def build(cfg: Any, strategy: Any) -> tuple[Any, dict[str, str]]:
@@ -36,7 +38,8 @@ def build(cfg: Any, strategy: Any) -> tuple[Any, dict[str, str]]:
         data = build_data(cfg, task, tokenizer, True, lambda: None)
         return build_model(cfg.model, task, tokenizer, cfg.peft), {}
     data = build_data(cfg, task, tokenizer, strategy.env.is_main, strategy.barrier)
-    model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
+    with strategy.model_init_context():  # deepspeed: the group (and, not lazy, zero.Init)
+        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
     weights = deferred_weights(model)
     pending = weights.pending(model) if weights is not None else {}
     strategy.setup(model, build_plan(cfg, strategy.env.world_size, len(data.features["train"])))
@@ -61,17 +64,26 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
     read_early = sorted(n for n in named if checkpoint_key(n, keys) and n not in pending)
     rng_sharded = torch.get_rng_state()
     local = sum(strategy.local_numel(p) for p in strategy.unwrapped().parameters())
-    total = sum(p.numel() for p in strategy.unwrapped().parameters())
+    total = sum(getattr(p, "ds_numel", p.numel()) for p in strategy.unwrapped().parameters())
     sharded = strategy.export_state_dict()
     strategy.barrier()
+    unset_hf_deepspeed_config()  # the reference below is an ordinary build
+    ordinary = ordinary_zero3(case) if case.get("oracle") == "ordinary-zero3" else None
     if sharded is None:
         return None
     # Non-persistent buffers (position_ids, token_type_ids) are in no state dict; FSDP2 leaves
     # them whole on every rank.
     buffers = dict(strategy.unwrapped().named_buffers())
-    reference, _ = build(cfg, None)
-    expected_buffers = dict(reference.named_buffers())
-    expected = reference.state_dict()
+    dtypes = partition_dtypes(strategy)
+    if ordinary is None:
+        reference, _ = build(cfg, None)
+        expected_buffers = dict(reference.named_buffers())
+        expected = reference.state_dict()
+        rng_expected, expected_dtypes = torch.get_rng_state(), dtypes
+    else:
+        expected, expected_buffers, rng_expected, expected_dtypes = ordinary
+    if cfg.strategy.name == "deepspeed":  # its export holds every buffer, as fp32 copies
+        expected.update(expected_buffers)
     mismatched = sorted(
         k
         for k in set(expected) | set(sharded)
@@ -79,7 +91,7 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         or k not in sharded
         or expected[k].dtype != sharded[k].dtype
         or not torch.equal(expected[k], sharded[k].to(expected[k].device))
-    )
+    ) + sorted(k for k in dtypes if dtypes[k] != expected_dtypes.get(k))
     from_checkpoint = {
         k: bool(torch.equal(checkpoint[c].to(v.dtype), v))
         for k, v in sharded.items()
@@ -92,7 +104,7 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         "read_early": read_early,
         "keys": len(sharded),
         "mismatched": mismatched,
-        "rng_equal": bool(torch.equal(rng_sharded, torch.get_rng_state())),
+        "rng_equal": bool(torch.equal(rng_sharded, rng_expected)),
         "buffers": sorted(buffers),
         "buffers_equal": buffers.keys() == expected_buffers.keys()
         and all(torch.equal(buffers[k], v) for k, v in expected_buffers.items()),
@@ -100,6 +112,29 @@ def check(case: dict[str, Any]) -> dict[str, Any] | None:
         "local_fraction": local / total,
         "head": {k: float(v.float().std()) for k, v in sharded.items() if is_head(k)},
     }
+
+
+def ordinary_zero3(case: dict[str, Any]) -> Any:
+    """The same case loaded the ordinary ZeRO-3 way (rank 0 reads, zero.Init partitions): its
+    export, buffers, random state after loading and parameter dtypes (rank 0; None elsewhere)."""
+    from nluft.config import load_config
+    from nluft.distributed import build_strategy, read_dist_env
+
+    cfg = load_config(case["config"], [*case["overrides"], "strategy.zero3_lazy_init=false"])
+    strategy = build_strategy(cfg, read_dist_env())
+    build(cfg, strategy)
+    rng = torch.get_rng_state()
+    state = strategy.export_state_dict()
+    strategy.barrier()
+    unset_hf_deepspeed_config()
+    buffers = dict(strategy.unwrapped().named_buffers())
+    return None if state is None else (state, buffers, rng, partition_dtypes(strategy))
+
+
+def partition_dtypes(strategy: Any) -> dict[str, str]:
+    """The dtype each parameter is held in (a ZeRO-3 partition's; {} for other strategies)."""
+    named = strategy.unwrapped().named_parameters()
+    return {n: str(p.ds_tensor.dtype) for n, p in named if hasattr(p, "ds_tensor")}
 
 
 def checkpoint_key(name: str, checkpoint: Any) -> str | None:

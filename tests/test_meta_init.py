@@ -30,6 +30,8 @@ pytestmark = pytest.mark.distributed
 
 BF16 = ["model.torch_dtype=bfloat16", "train.precision=bf16"]
 LORA = ["peft.r=4", "peft.alpha=8"]
+ZERO3 = ["strategy.name=deepspeed", "strategy.zero_stage=3"]
+ZERO3_CASES = ("classification", "classification-lora", "relation", "llama-lora")
 
 
 def sharded_files(out: Path, model: Path) -> Path:
@@ -64,10 +66,20 @@ def cases(tmp: Path, config: Path, model: Path) -> list[dict[str, Any]]:
         "llama-lora": (config, [f"model.name_or_path={llama}", *LORA]),
         "classification-sharded-files": (config, [f"model.name_or_path={shards}"]),
     }
-    return [
+    fsdp = [
         {"name": name, "config": str(path), "overrides": ["strategy.name=fsdp", *extra]}
         for name, (path, extra) in plain.items()
     ]
+    zero3 = [
+        {"name": f"zero3-{name}", "config": str(path), "overrides": [*ZERO3, *extra]}
+        for name, (path, extra) in plain.items()
+        if name in ZERO3_CASES
+    ]
+    # bf16: the oracle is the ordinary ZeRO-3 load (values, and each partition's dtype: bf16
+    # base, fp32 adapters and head copy).
+    bf16 = [*ZERO3, *LORA, *BF16, "peft.modules_to_save=[pooler]"]
+    ordinary = {"name": "zero3-lora-bf16", "config": str(config), "overrides": bf16}
+    return [*fsdp, *zero3, {**ordinary, "oracle": "ordinary-zero3"}]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +104,8 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
         assert result["mismatched"] == [], (name, result["mismatched"])
         # Nothing pre-trained was read before sharding but relation's embedding matrix: its
         # new marker rows are drawn from the old rows' mean and covariance.
-        early = ["encoder.embeddings.word_embeddings.weight"] if name == "relation" else []
+        relation = name.removeprefix("zero3-") == "relation"
+        early = ["encoder.embeddings.word_embeddings.weight"] if relation else []
         assert [n.replace("base_model.model.", "") for n in result["read_early"]] == early, name
         assert result["placeholders"] > 0, name
         assert result["local_fraction"] == pytest.approx(0.5, abs=0.02), name
@@ -103,10 +116,11 @@ def test_sharded_model_equals_the_single_process_model(results: dict) -> None:
 
 def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -> None:
     fp32 = ("classification", "classification-lora", "relation", "llama-lora")
-    for name in (*fp32, "classification-sharded-files"):
+    zero3 = [f"zero3-{name}" for name in fp32]
+    for name in (*fp32, *zero3, "classification-sharded-files"):
         matches = results[name]["from_checkpoint"]
         assert matches and all(matches.values()), (name, matches)
-    for name in ("classification", "relation"):
+    for name in ("classification", "relation", "zero3-classification", "zero3-relation"):
         for key, std in results[name]["head"].items():
             assert 0.01 < std < 0.04, (name, key, std)  # initializer_range 0.02, not zeros
 
@@ -114,3 +128,30 @@ def test_backbone_is_the_checkpoint_and_the_head_is_initialised(results: dict) -
 def test_meta_init_is_an_fsdp_key(tiny_config: Path) -> None:
     with pytest.raises(NluftError, match=r"fsdp_meta_init: applies only to strategy\.name=fsdp"):
         load_config(tiny_config, ["strategy.fsdp_meta_init=false"])
+
+
+def test_zero3_lazy_init_falls_back_to_the_ordinary_load(
+    tiny_config: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """What cannot be read per partition loads as before (zero.Init inside from_pretrained)."""
+    import torch
+    import transformers
+
+    from nluft.models.build import defers_loading
+
+    def defers(*overrides: str) -> bool:
+        cfg = load_config(tiny_config, [*ZERO3, *overrides])
+        return defers_loading(cfg.model, cfg.peft)
+
+    pickled = tmp_path / "pickled"  # no safetensors: pytorch_model.bin only
+    model = transformers.BertModel.from_pretrained(str(tiny_model_dir))
+    model.config.save_pretrained(str(pickled))
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")
+    assert defers() and defers(*LORA)
+    assert not defers(f"model.name_or_path={pickled}")
+    assert not defers("model.name_or_path=some-org/some-hub-model")
+    assert not defers(*LORA, "peft.options={init_lora_weights: pissa}")
+    with pytest.raises(
+        NluftError, match=r"zero3_lazy_init: applies only to strategy\.name=deepspeed"
+    ):
+        load_config(tiny_config, ["strategy.zero3_lazy_init=false"])

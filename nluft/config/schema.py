@@ -155,6 +155,8 @@ class StrategyConfig(Section):
     offload_optimizer: bool | None = None
     offload_params: bool | None = None
     deepspeed_config: str | None = None
+    # ZeRO-3 (default on): build with placeholders, each rank reads only its partitions.
+    zero3_lazy_init: bool | None = None
     # fsdp only
     fsdp_cpu_offload: bool | None = None
     fsdp_reshard_after_forward: bool | None = None
@@ -178,7 +180,13 @@ class StrategyConfig(Section):
         return self
 
 
-DEEPSPEED_KEYS = ("zero_stage", "offload_optimizer", "offload_params", "deepspeed_config")
+DEEPSPEED_KEYS = (
+    "zero_stage",
+    "offload_optimizer",
+    "offload_params",
+    "deepspeed_config",
+    "zero3_lazy_init",
+)
 FSDP_KEYS = ("fsdp_cpu_offload", "fsdp_reshard_after_forward", "fsdp_meta_init")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib
 import json
 import math
@@ -31,6 +32,8 @@ from nluft.distributed.deepspeed_config import resolve_deepspeed_config, zero_st
 from nluft.distributed.env import DistEnv
 from nluft.distributed.group import GroupCollectives, ensure_process_group
 from nluft.errors import NluftError
+from nluft.models.build import defers_loading
+from nluft.models.lazy import DeferredWeights, deferred_weights
 from nluft.optim import build_scheduler, param_groups
 
 TAG = "deepspeed"
@@ -90,21 +93,37 @@ class DeepSpeedStrategy(GroupCollectives):
     def describe(self) -> dict[str, Any]:
         return {"deepspeed_config": self.ds_config}
 
-    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
-        """ZeRO-3 partitions parameters while `from_pretrained` loads them."""
-        self.init_group()
-        if self.stage == 3:
-            from transformers.integrations import HfDeepSpeedConfig
+    @functools.cached_property
+    def defers_weights(self) -> bool:
+        """ZeRO-3 builds with placeholders and `setup` reads each rank's partitions (unless
+        `strategy.zero3_lazy_init: false`, or the model cannot be loaded that way)."""
+        lazy = self.stage == 3 and self.cfg.strategy.zero3_lazy_init is not False
+        return lazy and defers_loading(self.cfg.model, self.cfg.peft)
 
-            # transformers holds only a weak reference: keep it alive for the whole run.
-            self.hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+    def model_init_context(self) -> contextlib.AbstractContextManager[Any]:
+        """ZeRO-3 partitions parameters while `from_pretrained` loads them (rank 0 reads the
+        whole model); with placeholders (`defers_weights`) `setup` partitions instead."""
+        self.init_group()
+        if self.stage == 3 and not self.defers_weights:
+            self.register_zero3()
         return contextlib.nullcontext()
+
+    def register_zero3(self) -> None:
+        """Tell transformers (and peft) that parameters are ZeRO-3 partitioned."""
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # transformers holds only a weak reference: keep it alive for the whole run.
+        self.hf_ds_config = HfDeepSpeedConfig(self.ds_config)
 
     def setup(self, model: torch.nn.Module, plan: Plan) -> None:
         import deepspeed
 
         self.init_group()
-        if self.stage != 3:
+        weights = deferred_weights(model)
+        if weights is not None:
+            partition_deferred(model, weights, self.ds_config)
+            self.register_zero3()  # built as a plain model; partitioned from here on
+        elif self.stage != 3:
             model = model.to(self.device)
         train = self.cfg.train
         self.engine, *_ = deepspeed.initialize(
@@ -254,6 +273,55 @@ class DeepSpeedStrategy(GroupCollectives):
         sixteen_bit = self.ds_config["bf16"]["enabled"] or self.ds_config["fp16"]["enabled"]
         optimizer = optimizer_numel * (8 + (4 if stage >= 1 or sixteen_bit else 0))
         return model_state_bytes(params, grads, optimizer)
+
+
+def partition_deferred(model: torch.nn.Module, weights: DeferredWeights, ds_config: Any) -> None:
+    """ZeRO-3 partitioned initialisation of a placeholder model, one parameter at a time.
+
+    Each parameter becomes a ZeRO-3 parameter as the ordinary ZeRO-3 load makes it (same dtype,
+    device, persistence), without `zero.Init`'s broadcast: every rank made the same new tensors
+    (head, adapters, grown rows) from the same seed, and each rank copies only its own partition
+    of a pre-trained tensor from the safetensors file (`DeferredWeights.read_flat`). ZeRO-3
+    splits the flattened parameter, padded to a multiple of the world size, into equal
+    partitions. A rank's peak is its partitions plus the rows of one tensor in flight, never the
+    whole model.
+    """
+    import deepspeed
+
+    init = deepspeed.zero.Init(config_dict_or_path=ds_config)  # not entered: converts by hand
+    pending = weights.pending(model)
+    adapters = hasattr(model, "peft_config")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            # As in the ordinary load: zero.Init casts what from_pretrained makes to the
+            # training dtype; peft's trainable tensors (adapters, copied modules) keep theirs.
+            dtype = param.dtype if adapters and param.requires_grad else init.dtype
+            partition_one(init, param, pending.get(name), weights, dtype)
+        for name, buffer in model.named_buffers():
+            key = pending.get(name)
+            source = buffer if key is None else weights.read(key)
+            buffer.data = source.to(init.local_device, buffer.dtype)
+    weights.placeholders.clear()  # none left
+    weights.bases.clear()
+
+
+def partition_one(
+    init: Any, param: Any, key: str | None, weights: DeferredWeights, dtype: torch.dtype
+) -> None:
+    """Make `param` a ZeRO-3 parameter in `dtype`; a placeholder's partition is read from the
+    checkpoint."""
+    dtype = dtype if param.is_floating_point() else param.dtype
+    if key is not None:  # uninitialised: DeepSpeed touches only this rank's partition of it
+        param.data = torch.empty(param.shape, dtype=dtype, device=init.local_device)
+    else:
+        param.data = param.data.to(init.local_device, dtype)
+    init._convert_to_deepspeed_param(param)
+    param.partition()
+    if key is not None:
+        part = param.ds_tensor.numel()
+        start = min(part * param.ds_zero_partition_rank, param.ds_numel)
+        stop = min(start + part, param.ds_numel)
+        param.ds_tensor[: stop - start].copy_(weights.read_flat(key, start, stop).to(dtype))
 
 
 def separate_step_counters(optimizer: Any) -> None:

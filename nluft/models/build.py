@@ -17,7 +17,13 @@ from nluft.config import Config, ModelConfig, PeftConfig
 from nluft.data.vocab import grow_embeddings
 from nluft.errors import NluftError
 from nluft.models.heads import EntityMarkerModel
-from nluft.models.lazy import attach, check_placeholders, deferred_weights, load_deferred
+from nluft.models.lazy import (
+    attach,
+    check_placeholders,
+    checkpoint_files,
+    deferred_weights,
+    load_deferred,
+)
 from nluft.models.peft import (
     adapter_base_path,
     apply_peft,
@@ -133,6 +139,21 @@ def realise_modules_to_save(model: Any, weights: Any, peft_cfg: PeftConfig) -> N
     for qualified, module in model.named_modules():
         if any(qualified == n or qualified.endswith("." + n) for n in names):
             weights.realise(module)
+
+
+def defers_loading(cfg: ModelConfig, peft_cfg: PeftConfig | None) -> bool:
+    """Whether `build_model(lazy=True)` will leave the pre-trained weights unread: a local folder
+    of safetensors, a model class transformers ships (not remote code), a LoRA init that does not
+    read the base weights. Otherwise it loads them the ordinary way."""
+    name = resolve_model_path(cfg.name_or_path)
+    if not reads_no_base_weights(peft_cfg) or checkpoint_files(name) is None:
+        return False
+    options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        config = transformers.AutoConfig.from_pretrained(name, **options)
+    except (OSError, ValueError):
+        return False
+    return type(config).__module__.startswith("transformers.models.")  # remote code: not
 
 
 def grows(model: Any, tokenizer: Any) -> bool:

@@ -12,6 +12,7 @@ straight from the safetensors files, so no rank ever holds the whole pre-trained
 from __future__ import annotations
 
 import json
+import math
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,15 @@ class DeferredWeights:
             rows = handle.get_slice(key)
             tensor = rows[start:stop] if rows.get_shape() else handle.get_tensor(key)
         return tensor.to(self.load_dtypes[key])
+
+    def read_flat(self, key: str, start: int, stop: int) -> torch.Tensor:
+        """Elements `start:stop` of a checkpoint tensor flattened (ZeRO-3's partitions), reading
+        only the rows that hold them."""
+        shape = self.shapes[key]
+        row = max(1, math.prod(shape[1:])) if shape else 1
+        first, last = start // row, -(-stop // row)
+        rows = self.read(key, first, last) if shape else self.read(key)
+        return rows.reshape(-1)[start - first * row : stop - first * row]
 
     def realise(self, module: torch.nn.Module) -> None:
         """Read `module`'s placeholder parameters in full (for code that reads or copies them)."""
@@ -173,7 +183,8 @@ def check_placeholders(model: torch.nn.Module, weights: DeferredWeights, name: s
         if reshaped or copied:
             raise NluftError(
                 f"model.name_or_path: {name!r}: {param_name} is converted or copied while loading, "
-                "so its weights cannot be read per shard; set strategy.fsdp_meta_init=false"
+                "so its weights cannot be read per shard; set strategy.fsdp_meta_init=false "
+                "(fsdp) or strategy.zero3_lazy_init=false (deepspeed)"
             )
 
 
