@@ -322,7 +322,8 @@ def test_augmented_copies_follow_the_training_texts() -> None:
     masked = augment_split(dataset, ["text"], AugmentConfig(**{**only, "mask_prob": 1}), "[M]")
     assert masked["text"][3:] == ["[M] [M] [M] [M]", " ".join(["[M]"] * 6), "[M]"]
     dropped = augment_split(dataset, ["text"], AugmentConfig(**{**only, "drop_prob": 1}), None)
-    assert all(len(t.split()) == 1 and t in o.split() for t, o in zip(dropped["text"][3:], texts))
+    for text, original in zip(dropped["text"][3:], texts, strict=True):
+        assert len(text.split()) == 1 and text in original.split()
     swapped = augment_split(dataset, ["text"], AugmentConfig(**{**only, "swap_prob": 1}), None)
     assert swapped["text"][3:] == ["b a d c", "two one four three six five", "solo"]
 
