@@ -290,3 +290,96 @@ def test_bad_distillation_setups_are_refused_in_one_line(
         assert message in err and len(err.splitlines()) == 1, err
     assert cli(["distill", str(files["config"]), "--dry-run"]) == 2
     assert "teacher=RUN_DIR" in capsys.readouterr().err
+    # Word-level variants keep a whole text's label: not for per-token labels.
+    assert cli([*base, "task=ner", "distill.augment.copies=1", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill.augment" in err and "classification only" in err and "\n" not in err, err
+
+
+def test_augmented_copies_follow_the_training_texts() -> None:
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from nluft.config.schema import AugmentConfig
+    from nluft.data.augment import augment_split
+
+    features = Features(
+        {"text": Value("string"), "pair": Value("string"), "label": ClassLabel(names=["n", "p"])}
+    )
+    texts = ["a b c d", "one two three four five six", "solo"]
+    rows = {"text": texts, "pair": ["x y", None, "z"], "label": [0, 1, 1]}
+    dataset = Dataset.from_dict(rows, features=features)
+    options = AugmentConfig(copies=3, mask_prob=0.2, drop_prob=0.2, swap_prob=0.2, seed=4)
+    out = augment_split(dataset, ["text", "pair"], options, "[MASK]")
+    assert len(out) == 12 and out["label"] == [0, 1, 1] * 4 and out[:3] == dataset[:]
+    assert out["pair"][4] is None  # copy 1 of row 1: a missing pair stays missing
+    assert out[:] == augment_split(dataset, ["text", "pair"], options, "[MASK]")[:]
+    variants = out["text"][3:]
+    assert len(set(variants)) > 3 and all(v.split() for v in variants)
+    for variant, text in zip(variants, texts * 3, strict=True):
+        assert set(variant.split()) <= {*text.split(), "[MASK]"}
+    # Each operation alone, at probability 1: every word masked; one word left; neighbours swapped.
+    only = {"mask_prob": 0.0, "drop_prob": 0.0, "swap_prob": 0.0, "copies": 1}
+    masked = augment_split(dataset, ["text"], AugmentConfig(**{**only, "mask_prob": 1}), "[M]")
+    assert masked["text"][3:] == ["[M] [M] [M] [M]", " ".join(["[M]"] * 6), "[M]"]
+    dropped = augment_split(dataset, ["text"], AugmentConfig(**{**only, "drop_prob": 1}), None)
+    for text, original in zip(dropped["text"][3:], texts, strict=True):
+        assert len(text.split()) == 1 and text in original.split()
+    swapped = augment_split(dataset, ["text"], AugmentConfig(**{**only, "swap_prob": 1}), None)
+    assert swapped["text"][3:] == ["b a d c", "two one four three six five", "solo"]
+
+
+def test_stopped_and_resumed_distillation_equals_the_uninterrupted_run(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-layer student on teacher-labelled augmented data (240 texts + 240 variants), stopped
+    by a real SIGUSR1 after step 6's evaluation, resumed from its stop checkpoint."""
+    import os
+    import signal
+
+    from nluft.train import main as train_main
+
+    def config(name: str) -> Config:
+        overrides = [
+            f"distill.teacher={files['teacher']}",
+            "distill.keep_every=2",
+            "distill.augment.copies=1",
+            "distill.alpha=0.2",
+            f"output_dir={files['tmp'] / name}",
+            "train.max_steps=10",
+            "train.eval_strategy=steps",
+            "train.eval_steps=3",
+            "train.logging_steps=1",
+        ]
+        return load_config(files["config"], overrides)
+
+    def stop_after_step_6(step: int, metrics: dict[str, float]) -> bool:
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return False
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        full = train_main(config("full"))
+        stopped = train_main(config("resumed"), reporter=stop_after_step_6)
+        capsys.readouterr()
+        resumed = train_main(config("resumed"), resume=True)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert stopped == {"stopped_at_step": 6}
+    assert "teacher logits reused from" in capsys.readouterr().out
+    want, got = losses(files["tmp"] / "full"), losses(files["tmp"] / "resumed")
+    assert sorted(got) == list(range(1, 11)) and got == want
+    assert resumed["test"] == full["test"]
+    cached = (files["tmp"] / "cache" / "teacher_logits").iterdir()
+    assert 480 in {len(TeacherLogits(path)) for path in cached}  # soft targets of the variants
+
+
+def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """Training loss per step, the last record of a step (a resumed run logs it once)."""
+    return {r["step"]: r["loss"] for r in records(run_dir, "train")}

@@ -59,6 +59,8 @@ PARITY = {
         "train.torch_compile_backend=aot_eager",
     ],
 }
+# A student on DeepSpeed ZeRO-2 (2 ranks), in the same launch (distillation parity only).
+ZERO2 = ["strategy.name=deepspeed", "strategy.zero_stage=2", "train.per_device_train_batch_size=4"]
 RESUME_STEP = 20  # mid-epoch: the 10th of 15 steps of epoch 2
 TOTAL_STEPS = 45  # 240 examples / 16 per step x 3 epochs
 # Relative tolerance of the loss curves and final losses: float sums in another order (per-rank
@@ -247,6 +249,7 @@ def runs(
     cut_at(r.path["single"], RESUME_STEP, tmp / "r12")
     jobs = [r.train(name, *overrides) for name, overrides in PARITY.items()]
     jobs += [r.train(name, *PARITY["ddp"], *overrides) for name, overrides in distill(r).items()]
+    jobs.append(r.train("distill_zero2", *ZERO2, *distill(r)["distill_ddp"]))
     resume_12 = r.train("r12", *PARITY["ddp"])
     jobs += stop_and_resume(r)
     jobs += [
@@ -298,10 +301,11 @@ def distill(r: Runs) -> dict[str, list[str]]:
 
 def test_distillation_on_two_ranks_matches_one_process(runs: dict[str, Path]) -> None:
     """Cached soft targets (rank 0 computes, both read) and online ones (each rank runs the
-    teacher on its micro-batches) give the single-process distillation's loss curve."""
+    teacher on its micro-batches) give the single-process distillation's loss curve, on ddp and
+    (cached) on DeepSpeed ZeRO-2."""
     want = losses(runs["distill_single"])
     assert sorted(want) == list(range(1, TOTAL_STEPS + 1))
-    for run in ("distill_ddp", "distill_online_ddp"):
+    for run in ("distill_ddp", "distill_online_ddp", "distill_zero2"):
         got = losses(runs[run])
         for step, loss in want.items():
             assert got[step] == pytest.approx(loss, rel=1e-4), (run, step)

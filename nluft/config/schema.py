@@ -231,6 +231,20 @@ class RelationConfig(Section):
     typed_markers: bool = True
 
 
+class AugmentConfig(Section):
+    """Extra training texts for distillation (`distill.augment`, classification only): each
+    training text also appears as `copies` word-level variants (TinyBERT-/Tang et al.-style
+    masking, dropout and swaps; no MLM), labelled by the teacher's soft targets (and the
+    original's gold label, weighted by alpha). Off while `copies` is 0. See nluft/data/augment.py.
+    """
+
+    copies: int = Field(0, ge=0, le=64)  # variants of each training text
+    mask_prob: float = Field(0.1, ge=0, le=1)  # each word -> the tokenizer's mask token
+    drop_prob: float = Field(0.1, ge=0, le=1)  # each word left out
+    swap_prob: float = Field(0.1, ge=0, le=1)  # each word swapped with its right neighbour
+    seed: int = 0
+
+
 class DistillConfig(Section):
     """Knowledge distillation from a finished run (`nluft distill CONFIG teacher=RUN_DIR`).
 
@@ -249,6 +263,7 @@ class DistillConfig(Section):
     keep_every: int | None = Field(None, ge=1)
     hidden_weight: float = Field(0.0, ge=0)  # weight of the hidden-state MSE (needs cache: false)
     layer_map: list[int] | None = None  # teacher layer (1-based) matched by each student layer
+    augment: AugmentConfig = AugmentConfig()
 
     @model_validator(mode="after")
     def _check(self) -> DistillConfig:
@@ -269,7 +284,10 @@ class DistillConfig(Section):
                 "set distill.cache=false"
             )
         used = (self.student_layers, self.keep_every, self.layer_map)
-        if self.teacher is None and (any(v is not None for v in used) or self.hidden_weight):
+        augmented = self.augment.copies > 0
+        if self.teacher is None and (
+            any(v is not None for v in used) or self.hidden_weight or augmented
+        ):
             raise ValueError("distill: distillation settings need distill.teacher=RUN_DIR")
         return self
 

@@ -17,6 +17,7 @@ import datasets
 from datasets import Dataset, DatasetDict
 
 from nluft.config import Config
+from nluft.data.augment import augment_split
 from nluft.data.loading import ROW_COLUMN, line_of, load_raw_splits, location
 from nluft.data.vocab import extend_vocab_from_data
 from nluft.errors import ExampleError, NluftError
@@ -50,6 +51,7 @@ def build_data(
     if extend_tokenizer is not None:  # e.g. relation's entity markers; every rank, before encoding
         extend_tokenizer(tokenizer)
     path = Path(cfg.data.cache_dir) / "tokenized" / cache_key(cfg, task, tokenizer, examples)
+    examples = augmented(cfg, task, tokenizer, examples)
     hit = (path / "dataset_dict.json").is_file()
     if is_main and not hit:
         features = DatasetDict(
@@ -63,6 +65,16 @@ def build_data(
     features = datasets.load_from_disk(str(path))
     assert isinstance(features, DatasetDict)
     return TaskData(examples, features, sources, path, hit)
+
+
+def augmented(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) -> DatasetDict:
+    """The splits with word-level variants of the training texts added (distill.augment)."""
+    options = cfg.distill.augment
+    if options.copies == 0:
+        return examples
+    columns = list(getattr(task, "input_columns", []))
+    train = augment_split(examples["train"], columns, options, getattr(tokenizer, "mask_token", None))
+    return DatasetDict({**examples, "train": train})
 
 
 def publish(features: DatasetDict, path: Path) -> None:
@@ -154,6 +166,8 @@ def cache_key(cfg: Config, task: Task, tokenizer: Any, examples: DatasetDict) ->
         "tokenizer": [type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)],
         "fingerprints": {split: ds._fingerprint for split, ds in examples.items()},
     }
+    if cfg.distill.augment.copies:  # the key names the training texts' variants too
+        parts["augment"] = cfg.distill.augment.model_dump(mode="json")
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
     return f"{task.name}-{digest[:16]}"
 

@@ -115,6 +115,11 @@ def check_distill(cfg: Config, task: Task) -> Config:
     """
     if cfg.distill.teacher is None:
         return cfg
+    if cfg.distill.augment.copies and task.name != "classification":
+        raise NluftError(
+            f"distill.augment: word-level variants keep the gold label of a whole text, so they "
+            f"are for classification only (task: {task.name}); set distill.augment.copies=0"
+        )
     export = teacher_export_dir(cfg)
     keep = kept_layers(cfg, teacher_num_layers(export))
     if keep is None:
