@@ -45,8 +45,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
-    """`nluft` under torchrun's own runner with a c10d rendezvous on a free port."""
+def torchrun_command(nproc: int, *target: str) -> tuple[list[str], dict[str, str]]:
+    """torchrun's own runner with a c10d rendezvous on a free port, and its environment."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -61,10 +61,14 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
         f"--nproc_per_node={nproc}",
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint=localhost:{free_port()}",
-        "-m",
-        "nluft",
-        *args,
+        *target,
     ]
+    return cmd, env
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nluft` under torchrun."""
+    cmd, env = torchrun_command(nproc, "-m", "nluft", *args)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
         raise AssertionError(
@@ -76,23 +80,7 @@ def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
 def launch(nproc: int, jobs: list[dict[str, Any]], path: Path) -> None:
     """One torchrun launch of tests/dist_jobs.py running `jobs` in order on every rank."""
     path.write_text(json.dumps(jobs))
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "OMP_NUM_THREADS": "1",
-        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        "--rdzv-backend=c10d",
-        f"--rdzv-endpoint=localhost:{free_port()}",
-        str(ROOT / "tests" / "dist_jobs.py"),
-        str(path),
-    ]
+    cmd, env = torchrun_command(nproc, str(ROOT / "tests" / "dist_jobs.py"), str(path))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
