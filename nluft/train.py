@@ -119,12 +119,7 @@ def main(
             print(configured_line(cfg, env.world_size))
         return info
     cfg, loss_fn = prepare_distill(cfg, task, tokenizer, data, strategy)
-    with strategy.model_init_context():
-        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
-    if cfg.data.packing:
-        enable_packing(model)
-    compile_model(model, cfg.train)  # in place and lazy: the first forward compiles
-    strategy.setup(model, plan)
+    strategy.setup(build_run_model(cfg, task, tokenizer, strategy), plan)
     create_run_dir(cfg, overwrite, env.is_main, strategy.barrier)
     tracker = Tracker(run_dir, env.is_main, cfg.tracking.progress_bar)
     memory = report_memory(strategy, tracker)
@@ -161,6 +156,16 @@ def main(
     if "stopped_at_step" in results:
         requeue_after_stop(env)  # last: slurmctld ends every process of a requeued job
     return results
+
+
+def build_run_model(cfg: Config, task: Task, tokenizer: Any, strategy: Strategy) -> Any:
+    """The model as the strategy wants it built, packing hooks and compilation on where asked."""
+    with strategy.model_init_context():
+        model = build_model(cfg.model, task, tokenizer, cfg.peft, lazy=strategy.defers_weights)
+    if cfg.data.packing:
+        enable_packing(model)
+    compile_model(model, cfg.train)  # in place and lazy: the first forward compiles
+    return model
 
 
 def record_start(run: Run, memory: list[dict[str, int]]) -> None:
