@@ -1,6 +1,6 @@
 """Compute options of nluft, step against step in one process: a fair comparison on a busy machine.
 
-    .venv/bin/python benchmarks/options_ab.py --steps 12 --variants eager pad8 compile
+    .venv/bin/python benchmarks/options_ab.py --steps 12 --variants eager pad8 compile bf16
 
 Every variant is the main job's model (packaged MiniLM, 2 labels) with the same initial weights and
 its own fused AdamW; every round runs one training step of each variant on the same
@@ -20,12 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "eager": {"attn_implementation": "eager"},
     "pad8": {"pad_to_multiple_of": 8},
     "compile": {"compile": True},
     "compile-pad8": {"compile": True, "pad_to_multiple_of": 8},
+    "bf16": {"autocast": "bfloat16"},  # train.precision=bf16: autocast, fp32 weights and AdamW
 }
 
 
@@ -68,10 +69,13 @@ def build_step(setup: Any, options: dict[str, Any], pad_id: int) -> Callable[[An
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, fused=True)
     multiple = options.get("pad_to_multiple_of", 1)
 
+    dtype = getattr(torch, options["autocast"]) if "autocast" in options else None
+
     def step(columns: Any) -> None:
         batch = collate(columns, pad_id, multiple)
         labels = batch.pop("labels")
-        logits = model(**batch).logits
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = model(**batch).logits
         torch.nn.functional.cross_entropy(logits.float(), labels).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()

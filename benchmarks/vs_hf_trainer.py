@@ -6,6 +6,8 @@ Cases, each with 1 and 2 processes (2 under torchrun, gloo):
     nluft           configs/sentiment.yaml (dynamic padding, length-grouped batches)
     hf              the Trainer at equal settings (dynamic padding, group_by_length=True)
     hf-pad128       the Trainer with run_glue.py's defaults (pad every example to 128 tokens)
+    hf-bf16         the Trainer's best policy in bf16 autocast (`bf16=True`): the like-for-like
+                    baseline of `--nluft-set bf16 train.precision=bf16`
 Options of nluft join as more cases, each measured against the same baselines and against plain
 nluft: `--nluft-set NAME key=value ...` (repeatable) runs `nluft-NAME` with those overrides, e.g.
     --nluft-set compile train.torch_compile=true --nluft-set pad8 data.pad_to_multiple_of=8
@@ -38,6 +40,7 @@ CASES = {
     "nluft": ["--framework", "nluft"],
     "hf": ["--framework", "hf", "--padding", "dynamic"],
     "hf-pad128": ["--framework", "hf", "--padding", "max_length"],
+    "hf-bf16": ["--framework", "hf", "--padding", "dynamic", "--precision", "bf16"],
 }
 
 
@@ -172,7 +175,7 @@ def ratio_table(rounds: list[list[Result]], nprocs: list[int]) -> list[str]:
     ratio's spread is over rounds (round i's case against round i's baseline)."""
     cases = list(dict.fromkeys(r.case for results in rounds for r in results))
     mine = [c for c in cases if c.startswith("nluft")]
-    against = [(c, b) for c in mine for b in ("hf", "hf-pad128") if b in cases]
+    against = [(c, b) for c in mine for b in ("hf", "hf-bf16", "hf-pad128") if b in cases]
     against += [(c, "nluft") for c in mine if c != "nluft" and "nluft" in cases]
     lines = [
         "| case / baseline | procs | ex/s | real tok/s | CPU per token | first step | peak RSS |",
@@ -208,7 +211,9 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=32, help="per-device train batch")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument(
+        "--cases", nargs="+", default=["nluft", "hf", "hf-pad128"], choices=list(CASES)
+    )
     parser.add_argument(
         "--nluft-set",
         nargs="+",

@@ -148,6 +148,7 @@ def run_hf(args: argparse.Namespace) -> None:
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        bf16=args.precision == "bf16",  # autocast on CPU, as nluft's train.precision=bf16
     )
     collator = transformers.DataCollatorWithPadding(tokenizer)
     transformers.Trainer(
@@ -159,6 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--framework", choices=["nluft", "hf"], required=True)
     parser.add_argument("--padding", choices=["dynamic", "max_length"], default="dynamic")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="hf only")
     parser.add_argument("--config", default="configs/sentiment.yaml")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32, help="per-device train batch")
