@@ -85,6 +85,7 @@ class Hardware:
     peak_flops: float | None
     flops_per_token: float
     attention_flops_per_context: float = 0.0  # 12 x layers x hidden, per token per attended token
+    hint: str | None = None  # a faster setting this hardware offers, told once at the start
 
     def sample(
         self, tokens_per_s: float | None, world_size: int, context: float = 0.0
@@ -117,6 +118,31 @@ def describe_hardware(device: Any, precision: str, model: Any) -> Hardware:
     else:
         name = platform.processor() or platform.machine() or device.type
     peak = peak_flops(name, precision) if device.type == "cuda" else None
+    hint = bf16_hint(device.type, precision, cpu_flags())
     return Hardware(
-        str(device), name, peak, flops_per_token(model), attention_flops_per_context(model)
+        str(device), name, peak, flops_per_token(model), attention_flops_per_context(model), hint
+    )
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags as Linux lists them; empty elsewhere."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_hint(device_type: str, precision: str, flags: set[str]) -> str | None:
+    """For an fp32 run on a CPU with AMX-BF16 (Intel Sapphire Rapids and newer): bf16 autocast
+    runs the matmuls on the AMX tiles. Measured on the main job: 1.36x the real tokens/s on 1
+    process, 1.48x on 2, and the same test accuracy (BENCHMARKS.md, "bf16 on the CPU")."""
+    if device_type != "cpu" or precision != "fp32" or "amx_bf16" not in flags:
+        return None
+    return (
+        "this CPU has AMX-BF16: train.precision=bf16 trains about 1.4x faster here "
+        "(bf16 autocast matmuls, fp32 weights and AdamW; BENCHMARKS.md)"
     )

@@ -51,6 +51,8 @@ class Tracker:
     def open(self, cfg: Config, facts: dict[str, Any], hardware: Hardware | None = None) -> None:
         """Note the hardware (memory, MFU); on rank 0 start or resume the W&B run when enabled."""
         self.hardware, self.world_size = hardware, int(facts.get("world_size", 1))
+        if hardware is not None and hardware.hint:
+            self.info(hardware.hint)
         wcfg = cfg.tracking.wandb
         if self.is_main and wcfg.enabled and wcfg.mode != "disabled":
             self.wandb = WandbSink(self.run_dir, cfg, facts, self.logged, self.info)

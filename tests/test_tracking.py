@@ -412,6 +412,24 @@ def test_peak_flops_table() -> None:
     assert peak_flops("x86_64", "fp32") is None
 
 
+def test_bf16_hint_only_for_fp32_cpu_runs_on_amx(tmp_path: Path) -> None:
+    """An fp32 run on a CPU with AMX-BF16 is told that bf16 trains faster there; no other run."""
+    from nluft.hardware import bf16_hint, cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+        "flags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+    )
+    flags = cpu_flags(str(cpuinfo))
+    assert {"avx512f", "amx_bf16", "amx_tile"} <= flags
+    assert "train.precision=bf16" in (bf16_hint("cpu", "fp32", flags) or "")
+    assert bf16_hint("cpu", "bf16", flags) is None, "already bf16"
+    assert bf16_hint("cuda", "fp32", flags) is None, "a GPU run"
+    assert bf16_hint("cpu", "fp32", flags - {"amx_bf16"}) is None, "avx512_bf16 alone: not measured"
+    assert cpu_flags(str(tmp_path / "absent")) == set()
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
