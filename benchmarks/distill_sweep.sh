@@ -8,7 +8,7 @@
 set -euo pipefail
 R=${1:-runs/sweep}
 N=.venv/bin/nluft
-STEPS=530
+STEPS=${STEPS:-530}  # optimizer steps per student (STEPS=20: a quick check of the script)
 KD=(distill.alpha=0.2 distill.temperature=2 distill.augment.copies=3 train.max_steps=$STEPS)
 [ -f "$R/teacher/results/test.json" ] || $N train configs/sentiment.yaml output_dir="$R/teacher"
 # the student's initial weights, as the distill run recorded them in its resolved config
