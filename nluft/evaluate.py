@@ -229,7 +229,11 @@ def evaluate_run(
         cfg.train.per_device_eval_batch_size,
         int(tokenizer.pad_token_id or 0),
     )
-    write_predictions(run_dir / "results", task, split, examples, features, predictions, logits)
+    # Another export's predictions (e.g. export-int8) go beside the run's own, not over them.
+    out = run_dir / "results"
+    if export_dir is not None and export_dir.resolve() != (run_dir / "export").resolve():
+        out = out / export_dir.name
+    write_predictions(out, task, split, examples, features, predictions, logits)
     return metrics
 
 

@@ -242,8 +242,16 @@ def test_int8_export_agrees_with_fp32_and_loads_in_eval_and_predict(
     agree = np.mean(np.array(predictions["fp32"]) == np.array(predictions["int8"]))
     assert agree >= 0.98
     capsys.readouterr()
+    own = (run / "results" / "test_predictions.jsonl").read_bytes()
     assert cli(["eval", str(run), "--export", str(int8), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["accuracy"] >= 0.95
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    assert accuracy >= 0.95
+    # The int8 predictions are saved beside the run's own fp32 ones, which stay as they were.
+    assert (run / "results" / "test_predictions.jsonl").read_bytes() == own
+    saved = (run / "results" / "export-int8" / "test_predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in saved]
+    assert len(rows) == len(predictions["int8"])
+    assert np.mean([r["gold"] == r["predicted"] for r in rows]) == pytest.approx(accuracy)
     assert cli(["predict", str(run), "--export", str(int8), "--text", "the film was great"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["label"] == "positive"
 
