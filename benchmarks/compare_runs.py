@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/compare_runs.py runs/kdhn-s{1,2,3} --against runs/plain-s{1,2,3}
 
-Each run is a finished run directory (results/test_predictions.jsonl and results/test.json,
-written by `nluft train` / `nluft distill`); the i-th run of A is paired with the i-th of B
-(same seed). Accuracy differences between two models on one test split of n sentences sit inside
-two noises: the seed (dropout, batch order) and the test sample itself (a binomial standard error
-of about 1.1 points at 84 % on 1,057 sentences). Printed, per pair and for the mean over pairs:
+Each run is a finished run directory (results/test_predictions.jsonl, written by `nluft train` /
+`nluft distill` / `nluft eval`; --predictions picks another file, e.g. an int8 export's); the
+i-th run of A is paired with the i-th of B (same seed). Accuracy differences between two models
+on one test split sit inside two noises: the seed (dropout, batch order) and the test sample
+itself (a binomial standard error of about 1.1 points at 84 % on 1,057 sentences). Printed, per
+pair and for the mean over pairs:
 - the accuracy difference A - B in points, and how many test sentences only A / only B got right;
 - per pair, McNemar's exact test (a two-sided binomial test on those discordant sentences);
 - for the mean, a 95 % percentile interval from a paired bootstrap that resamples the test
@@ -25,9 +26,9 @@ import numpy as np
 from scipy.stats import binomtest
 
 
-def correct(run: Path) -> dict[int, bool]:
+def correct(run: Path, predictions: str) -> dict[int, bool]:
     """Test row -> whether the run predicted it right."""
-    path = run / "results" / "test_predictions.jsonl"
+    path = run / predictions
     if not path.is_file():
         sys.exit(f"compare_runs: {path} is missing: give finished run directories")
     rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
@@ -38,6 +39,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run set A")
     parser.add_argument("--against", nargs="+", type=Path, required=True, help="run set B")
+    parser.add_argument(
+        "--predictions",
+        default="results/test_predictions.jsonl",
+        help="file in each run (results/export-int8/test_predictions.jsonl: the int8 export's, "
+        "as `nluft eval RUN --export RUN/export-int8` saves them)",
+    )
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -45,7 +52,7 @@ def main() -> None:
         sys.exit(f"compare_runs: {len(args.runs)} runs against {len(args.against)}: pair them")
     pairs = []
     for a, b in zip(args.runs, args.against, strict=True):
-        ca, cb = correct(a), correct(b)
+        ca, cb = correct(a, args.predictions), correct(b, args.predictions)
         if ca.keys() != cb.keys():
             sys.exit(f"compare_runs: {a} and {b} were tested on different rows")
         rows = sorted(ca)
